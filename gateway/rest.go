@@ -177,4 +177,3 @@ func (g *Gateway) cluster(w http.ResponseWriter, _ *http.Request) {
 		Members:  []Member{{ID: g.cfg.NodeID, Address: g.cfg.AdvertiseAddr, Status: "alive", Voter: true}},
 	})
 }
-
