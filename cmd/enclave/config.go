@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -27,6 +28,13 @@ type Config struct {
 	AllowedOrigins    []string
 	NodeID            string
 	ShutdownTimeout   time.Duration
+	DataDir           string
+	RaftPort          int
+	GossipPort        int
+	AdvertiseAddr     string
+	Join              []string
+	BootstrapExpect   int
+	LeaveOnShutdown   bool
 }
 
 type setting struct {
@@ -64,12 +72,7 @@ func settings() []setting {
 			return parseDuration(v, &c.HeartbeatInterval)
 		}},
 		{"ALLOWED_ORIGINS", "allowed-origins", "*", "browser Origins allowed to open /ws, comma-separated; * allows all", func(c *Config, v string) error {
-			c.AllowedOrigins = nil
-			for _, o := range strings.Split(v, ",") {
-				if o = strings.TrimSpace(o); o != "" {
-					c.AllowedOrigins = append(c.AllowedOrigins, o)
-				}
-			}
+			c.AllowedOrigins = splitList(v)
 			return nil
 		}},
 		{"NODE_ID", "node-id", hostname, "stable identity of this node", func(c *Config, v string) error {
@@ -79,10 +82,55 @@ func settings() []setting {
 			c.NodeID = v
 			return nil
 		}},
+		{"DATA_DIR", "data-dir", "./data", "Raft log, stable store and snapshots", func(c *Config, v string) error {
+			if v == "" {
+				return errors.New("must not be empty")
+			}
+			c.DataDir = v
+			return nil
+		}},
+		{"RAFT_PORT", "raft-port", "7947", "Raft transport port (also carries writes forwarded to the leader)", func(c *Config, v string) error {
+			return parseInt(v, 1, 65535, &c.RaftPort)
+		}},
+		{"GOSSIP_PORT", "gossip-port", "7946", "memberlist port, TCP and UDP", func(c *Config, v string) error {
+			return parseInt(v, 1, 65535, &c.GossipPort)
+		}},
+		{"ADVERTISE_ADDR", "advertise-addr", "", "IP address peers use to reach this node (default: first non-loopback IPv4)", func(c *Config, v string) error {
+			if v != "" && net.ParseIP(v) == nil {
+				return fmt.Errorf("%q is not an IP address", v)
+			}
+			c.AdvertiseAddr = v
+			return nil
+		}},
+		{"JOIN", "join", "", "comma-separated gossip addresses (host:port) of peers; empty = single-node", func(c *Config, v string) error {
+			c.Join = splitList(v)
+			return nil
+		}},
+		{"BOOTSTRAP_EXPECT", "bootstrap-expect", "1", "servers to wait for before the cluster bootstraps", func(c *Config, v string) error {
+			return parseInt(v, 1, 99, &c.BootstrapExpect)
+		}},
+		{"LEAVE_ON_SHUTDOWN", "leave-on-shutdown", "false", "on SIGTERM, leave the cluster for good (removed from Raft) instead of only stopping", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%q is not a boolean", v)
+			}
+			c.LeaveOnShutdown = b
+			return nil
+		}},
 		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "time given to connections to flush and close on SIGTERM", func(c *Config, v string) error {
 			return parseDuration(v, &c.ShutdownTimeout)
 		}},
 	}
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }
 
 func parseInt(v string, min, max int, dst *int) error {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mr-enclave/enclave/broker"
+	"github.com/mr-enclave/enclave/cluster"
 	"github.com/mr-enclave/enclave/gateway"
 )
 
@@ -62,22 +63,65 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		Overflow:    cfg.Overflow,
 		EncodeEvent: gateway.EncodeEvent,
 	})
+	single := len(cfg.Join) == 0 && cfg.BootstrapExpect == 1
+	advertise, bind := cfg.AdvertiseAddr, ""
+	switch {
+	case advertise != "":
+	case single:
+		// Alone, the Raft and gossip ports need not be reachable from
+		// elsewhere: keep them on loopback.
+		advertise, bind = "127.0.0.1", "127.0.0.1"
+	default:
+		advertise = detectAdvertiseAddr()
+	}
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	node, err := cluster.Start(b, cluster.Config{
+		NodeID:          cfg.NodeID,
+		DataDir:         cfg.DataDir,
+		AdvertiseAddr:   advertise,
+		BindAddr:        bind,
+		RaftPort:        cfg.RaftPort,
+		GossipPort:      cfg.GossipPort,
+		HTTPAddr:        net.JoinHostPort(advertise, strconv.Itoa(cfg.Port)),
+		Join:            cfg.Join,
+		BootstrapExpect: cfg.BootstrapExpect,
+		LeaveOnShutdown: cfg.LeaveOnShutdown,
+		Logger:          log,
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("start cluster node: %w", err)
+	}
+	defer func() {
+		if err := node.Close(); err != nil {
+			log.Warn("cluster node shutdown", "err", err)
+		}
+	}()
+	mode := "cluster"
+	if single {
+		mode = "single-node"
+		// Serve only once the log has been replayed, so a restart never
+		// shows a partial state.
+		if err := node.WaitReady(ctx, 30*time.Second); err != nil {
+			ln.Close()
+			return fmt.Errorf("waiting for the node's own election: %w", err)
+		}
+	}
 	gw := gateway.New(b, gateway.Config{
 		MaxMessageBytes:   cfg.MaxMessageBytes,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		AllowedOrigins:    cfg.AllowedOrigins,
 		Logger:            log,
 		NodeID:            cfg.NodeID,
-		AdvertiseAddr:     "127.0.0.1:" + strconv.Itoa(cfg.Port),
+		Cluster:           clusterView{node},
 	})
-	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
-	if err != nil {
-		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
-	}
 	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("enclave serving", "addr", ln.Addr().String(), "mode", "single-node",
+	log.Info("enclave serving", "addr", ln.Addr().String(), "mode", mode, "raft", node.RaftAddr(), "gossip", node.GossipAddr(),
 		"ring_size", cfg.RingSize, "queue_size", cfg.QueueSize, "overflow_policy", cfg.Overflow.String())
 
 	select {

@@ -1,0 +1,350 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+)
+
+// nodeMeta is what a node tells its peers about itself through gossip.
+type nodeMeta struct {
+	RaftAddr string `json:"raft"`
+	HTTPAddr string `json:"http,omitempty"`
+	// Bootstrapped says the node already has Raft state, so a fresh node
+	// seeing it must join that cluster rather than bootstrap a new one.
+	Bootstrapped bool `json:"boot,omitempty"`
+}
+
+func parseMeta(b []byte) (nodeMeta, bool) {
+	var m nodeMeta
+	if err := json.Unmarshal(b, &m); err != nil || m.RaftAddr == "" {
+		return m, false
+	}
+	return m, true
+}
+
+// gossipDelegate serves memberlist callbacks.
+type gossipDelegate struct{ n *Node }
+
+func (d gossipDelegate) NodeMeta(limit int) []byte {
+	m := nodeMeta{RaftAddr: d.n.advertise.String(), HTTPAddr: d.n.cfg.HTTPAddr, Bootstrapped: d.n.bootstrapped()}
+	b, _ := json.Marshal(m)
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+func (gossipDelegate) NotifyMsg([]byte)                           {}
+func (gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (gossipDelegate) LocalState(join bool) []byte                { return nil }
+func (gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+func (d gossipDelegate) NotifyJoin(*memberlist.Node)   { d.n.membersChanged() }
+func (d gossipDelegate) NotifyUpdate(*memberlist.Node) { d.n.membersChanged() }
+func (d gossipDelegate) NotifyLeave(m *memberlist.Node) {
+	d.n.membersChanged()
+}
+
+func (n *Node) membersChanged() {
+	select {
+	case n.memberCh <- struct{}{}:
+	default: // a reconcile is already pending
+	}
+}
+
+func (n *Node) bootstrapped() bool {
+	if n.hadState {
+		return true
+	}
+	cfg := n.raft.GetConfiguration()
+	return cfg.Error() == nil && len(cfg.Configuration().Servers) > 0
+}
+
+func (n *Node) startMembership() error {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.cfg.NodeID
+	mc.BindAddr = n.cfg.BindAddr
+	mc.BindPort = n.cfg.GossipPort
+	mc.AdvertiseAddr = n.cfg.AdvertiseAddr
+	mc.AdvertisePort = n.cfg.GossipPort
+	mc.Delegate = gossipDelegate{n}
+	mc.Events = gossipDelegate{n}
+	mc.Logger = newStdLogger(n.log, "memberlist")
+	// A node recreated with a new address keeps its name: let it take the
+	// name over once the old address has been declared dead.
+	mc.DeadNodeReclaimTime = 5 * time.Second
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("start gossip: %w", err)
+	}
+	n.list = list
+	if n.cfg.GossipPort == 0 {
+		// Port 0 picked a free port: advertise the real one.
+		n.cfg.GossipPort = int(list.LocalNode().Port)
+	}
+	n.wg.Add(2)
+	go n.joinLoop()
+	go n.reconcileLoop()
+	return nil
+}
+
+// joinLoop contacts the JOIN peers until at least one answers, and again
+// whenever this node finds itself alone (after a partition or a restart of
+// every peer).
+func (n *Node) joinLoop() {
+	defer n.wg.Done()
+	var peers []string
+	for _, p := range n.cfg.Join {
+		if p != "" && p != n.GossipAddr() {
+			peers = append(peers, p)
+		}
+	}
+	if len(peers) == 0 {
+		return
+	}
+	delay := 200 * time.Millisecond
+	for {
+		if n.list.NumMembers() < 2 {
+			joined, err := n.list.Join(peers)
+			if err != nil && joined == 0 {
+				n.log.Debug("join: no peer answered yet", "peers", peers, "err", err)
+			} else {
+				n.log.Info("joined the cluster", "contacted", joined)
+			}
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if delay < 5*time.Second {
+			delay *= 2
+		}
+	}
+}
+
+// member is a gossip member with usable metadata.
+type member struct {
+	id    string
+	addr  string // gossip IP
+	state memberlist.NodeStateType
+	meta  nodeMeta
+}
+
+func (n *Node) members() []member {
+	var out []member
+	for _, m := range n.list.Members() {
+		meta, ok := parseMeta(m.Meta)
+		if !ok {
+			continue
+		}
+		out = append(out, member{id: m.Name, addr: m.Addr.String(), state: m.State, meta: meta})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// maybeBootstrap bootstraps Raft once BootstrapExpect servers see each other
+// and none of them already belongs to a cluster. Every one of them
+// bootstraps with the same configuration, which Raft allows.
+func (n *Node) maybeBootstrap() {
+	defer n.wg.Done()
+	if n.hadState {
+		return
+	}
+	for {
+		if n.bootstrapped() {
+			n.refreshMeta()
+			return
+		}
+		alive := n.members()
+		other := false
+		var servers []raft.Server
+		for _, m := range alive {
+			if m.state != memberlist.StateAlive {
+				continue
+			}
+			if m.meta.Bootstrapped && m.id != n.cfg.NodeID {
+				other = true
+			}
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.id), Address: raft.ServerAddress(m.meta.RaftAddr)})
+		}
+		switch {
+		case other:
+			// An existing cluster will add us as a voter; wait for it.
+		case len(servers) >= n.cfg.BootstrapExpect:
+			if len(servers) > n.cfg.BootstrapExpect {
+				servers = servers[:n.cfg.BootstrapExpect]
+			}
+			if !slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(n.cfg.NodeID) }) {
+				break
+			}
+			err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+			if err != nil && err != raft.ErrCantBootstrap {
+				n.log.Error("bootstrap failed", "err", err)
+			} else {
+				n.log.Info("bootstrapped the cluster", "servers", len(servers))
+			}
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// refreshMeta re-announces this node's metadata.
+func (n *Node) refreshMeta() {
+	if err := n.list.UpdateNode(2 * time.Second); err != nil {
+		n.log.Debug("gossip metadata update", "err", err)
+	}
+}
+
+// watchLeadership follows Raft's NotifyCh (LeaderCh may drop changes).
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	for {
+		select {
+		case leader := <-n.notifyCh:
+			n.mu.Lock()
+			n.isLeader = leader
+			n.mu.Unlock()
+			if leader {
+				n.log.Info("became the leader")
+				// Act as leader only once the FSM has caught up.
+				if err := n.raft.Barrier(n.cfg.CommitTimeout).Error(); err != nil {
+					n.log.Warn("leader barrier", "err", err)
+				}
+				n.membersChanged()
+			} else {
+				n.log.Info("lost leadership")
+			}
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// reconcileLoop brings the Raft configuration in line with gossip
+// membership, on the leader, when members change and every few seconds.
+func (n *Node) reconcileLoop() {
+	defer n.wg.Done()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.memberCh:
+		case <-tick.C:
+		case <-n.ctx.Done():
+			return
+		}
+		if n.raft.State() == raft.Leader {
+			n.reconcile()
+		}
+	}
+}
+
+// reconcile adds alive servers Raft does not know (or knows at another
+// address) and removes servers that left gracefully. Failed servers stay
+// voters: they are expected back.
+func (n *Node) reconcile() {
+	future := n.raft.GetConfiguration()
+	if err := future.Error(); err != nil {
+		return
+	}
+	known := map[string]raft.ServerAddress{}
+	for _, s := range future.Configuration().Servers {
+		known[string(s.ID)] = s.Address
+	}
+	for _, m := range n.members() {
+		addr, inRaft := known[m.id]
+		switch m.state {
+		case memberlist.StateAlive:
+			if inRaft && addr == raft.ServerAddress(m.meta.RaftAddr) {
+				continue
+			}
+			// AddVoter updates the address of a known server (a node that
+			// came back with a new IP); for a new one it adds it. Any
+			// other server at that address is an older identity: remove it.
+			for id, a := range known {
+				if a == raft.ServerAddress(m.meta.RaftAddr) && id != m.id {
+					n.removeServer(id)
+				}
+			}
+			if err := n.raft.AddVoter(raft.ServerID(m.id), raft.ServerAddress(m.meta.RaftAddr), 0, n.cfg.CommitTimeout).Error(); err != nil {
+				n.log.Warn("add voter", "node", m.id, "err", err)
+			} else {
+				n.log.Info("added voter", "node", m.id, "raft_addr", m.meta.RaftAddr)
+			}
+		case memberlist.StateLeft:
+			if inRaft && m.id != n.cfg.NodeID {
+				n.removeServer(m.id)
+			}
+		}
+	}
+}
+
+func (n *Node) removeServer(id string) {
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.CommitTimeout).Error(); err != nil {
+		n.log.Warn("remove server", "node", id, "err", err)
+		return
+	}
+	n.log.Info("removed server", "node", id)
+}
+
+// MemberStatus is one server as GET /cluster reports it.
+type MemberStatus struct {
+	ID       string
+	Address  string
+	RaftAddr string
+	HTTPAddr string
+	Status   string // alive, suspect, dead, left, or unknown (not in gossip)
+	Voter    bool
+}
+
+// Members lists Raft's servers and gossip members, by id.
+func (n *Node) Members() []MemberStatus {
+	byID := map[string]*MemberStatus{}
+	for _, m := range n.members() {
+		byID[m.id] = &MemberStatus{ID: m.id, Address: m.addr, RaftAddr: m.meta.RaftAddr, HTTPAddr: m.meta.HTTPAddr, Status: stateName(m.state)}
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			ms, ok := byID[string(s.ID)]
+			if !ok {
+				host, _, _ := net.SplitHostPort(string(s.Address))
+				ms = &MemberStatus{ID: string(s.ID), Address: host, RaftAddr: string(s.Address), Status: "unknown"}
+				byID[string(s.ID)] = ms
+			}
+			ms.Voter = s.Suffrage == raft.Voter
+		}
+	}
+	out := make([]MemberStatus, 0, len(byID))
+	for _, ms := range byID {
+		out = append(out, *ms)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown(" + strconv.Itoa(int(s)) + ")"
+}

@@ -1,0 +1,510 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/mr-enclave/enclave/broker"
+)
+
+// Config configures one node.
+type Config struct {
+	NodeID        string
+	DataDir       string
+	BindAddr      string // address to listen on for Raft and gossip (default 0.0.0.0)
+	AdvertiseAddr string // address peers use to reach this node
+	RaftPort      int    // 0 picks a free port
+	GossipPort    int    // 0 picks a free port
+	HTTPAddr      string // advertised to peers in gossip metadata
+	Join          []string
+	// BootstrapExpect is the number of servers that must see each other
+	// before the cluster bootstraps. 1 is single-node mode.
+	BootstrapExpect int
+	// LeaveOnShutdown makes Close leave the cluster for good (the leader
+	// removes the node from Raft) instead of just stopping.
+	LeaveOnShutdown bool
+
+	// CommitTimeout bounds how long a write may wait for its commit before
+	// UNAVAILABLE (default 5s).
+	CommitTimeout time.Duration
+	// LeaderWait is how long a write waits for a leader to appear (default 3s).
+	LeaderWait time.Duration
+	// MaxBatch and MaxBatchBytes bound the publishes grouped into one entry.
+	MaxBatch      int
+	MaxBatchBytes int
+	// MaxInflight bounds the entries appended but not yet committed; while
+	// it is reached, waiting commands pile up into the next, bigger batch.
+	MaxInflight int
+
+	// Raft timing; zero values take the defaults below.
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.BindAddr == "" {
+		c.BindAddr = "0.0.0.0"
+	}
+	if c.BootstrapExpect <= 0 {
+		c.BootstrapExpect = 1
+	}
+	if c.CommitTimeout <= 0 {
+		c.CommitTimeout = 5 * time.Second
+	}
+	if c.LeaderWait <= 0 {
+		c.LeaderWait = 3 * time.Second
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 512
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 1 << 20
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 4
+	}
+	if c.HeartbeatTimeout <= 0 {
+		c.HeartbeatTimeout = time.Second
+	}
+	if c.ElectionTimeout <= 0 {
+		c.ElectionTimeout = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+type submission struct {
+	cmd broker.Command
+	p   *pending
+	// forwardable is false for commands a follower forwarded to us: if we
+	// are no longer the leader they fail rather than hop again.
+	forwardable bool
+}
+
+// Node is one server: Raft over the broker's state, memberlist membership,
+// and the committer that routes writes to the leader.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	broker *broker.Broker
+
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	mux       *mux
+	list      *memberlist.Memberlist
+	fwd       forwarder
+	inflight  chan struct{}
+	submitCh  chan submission
+	notifyCh  chan bool
+	memberCh  chan struct{}
+	hadState  bool
+	advertise *net.TCPAddr
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	applyMu     sync.Mutex
+	applied     uint64          // highest index applied here, as the FSM saw it
+	applyWaiter []appliedWaiter // forwarded outcomes waiting for the local apply, by index
+
+	mu       sync.Mutex
+	leaving  map[string]bool // members that left gracefully
+	closed   bool
+	isLeader bool
+}
+
+var _ broker.Committer = (*Node)(nil)
+
+// Start opens the node's stores, starts Raft and gossip, and makes the node
+// b's committer.
+func Start(b *broker.Broker, cfg Config) (*Node, error) {
+	cfg = cfg.withDefaults()
+	if cfg.NodeID == "" {
+		return nil, errors.New("cluster: NodeID is required")
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		broker:   b,
+		inflight: make(chan struct{}, cfg.MaxInflight),
+		submitCh: make(chan submission, 4*cfg.MaxBatch),
+		notifyCh: make(chan bool, 16),
+		memberCh: make(chan struct{}, 1),
+		leaving:  make(map[string]bool),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.fwd.n = n
+	if err := n.startRaft(); err != nil {
+		n.cancel()
+		return nil, err
+	}
+	if err := n.startMembership(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	b.SetCommitter(n)
+	n.wg.Add(3)
+	go n.route()
+	go n.watchLeadership()
+	go n.maybeBootstrap()
+	return n, nil
+}
+
+func (n *Node) startRaft() error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(n.cfg.BindAddr, strconv.Itoa(n.cfg.RaftPort)))
+	if err != nil {
+		return fmt.Errorf("listen for raft: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ip := net.ParseIP(n.cfg.AdvertiseAddr)
+	if ip == nil {
+		ln.Close()
+		return fmt.Errorf("advertise address %q is not an IP address", n.cfg.AdvertiseAddr)
+	}
+	n.advertise = &net.TCPAddr{IP: ip, Port: port}
+	n.mux = newMux(ln, n.advertise, n.serveForward)
+	n.transport = raft.NewNetworkTransportWithLogger(raftLayer{n.mux}, 3, 10*time.Second, newHCLogger(n.log, "raft-net"))
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.DataDir, "raft.db")})
+	if err != nil {
+		n.transport.Close()
+		return fmt.Errorf("open raft store: %w", err)
+	}
+	n.store = store
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, newHCLogger(n.log, "raft-snap"))
+	if err != nil {
+		return fmt.Errorf("open snapshot store: %w", err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	rc.Logger = newHCLogger(n.log, "raft")
+	rc.NotifyCh = n.notifyCh
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = n.cfg.HeartbeatTimeout / 2
+	rc.CommitTimeout = 5 * time.Millisecond
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	// Snapshots hold only topics and rings, so they are small: take them
+	// often and keep the log (and the data directory) short.
+	rc.SnapshotThreshold = 2048
+	rc.TrailingLogs = 1024
+	rc.SnapshotInterval = 30 * time.Second
+
+	n.hadState, err = raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("inspect raft state: %w", err)
+	}
+	f := &fsm{broker: n.broker, afterApply: n.noteApplied}
+	n.raft, err = raft.NewRaft(rc, f, store, store, snaps, n.transport)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	return nil
+}
+
+// Submit implements broker.Committer.
+func (n *Node) Submit(cmd broker.Command) broker.Pending {
+	return n.submit(cmd, true)
+}
+
+func (n *Node) submit(cmd broker.Command, forwardable bool) *pending {
+	p := newPending(n.cfg.CommitTimeout)
+	select {
+	case n.submitCh <- submission{cmd: cmd, p: p, forwardable: forwardable}:
+	case <-n.ctx.Done():
+		p.resolve(broker.Result{}, broker.ErrClosed)
+	}
+	return p
+}
+
+// route takes submissions in order and sends each batch to Raft (on the
+// leader) or to the leader. One goroutine does both so submission order is
+// commit order.
+func (n *Node) route() {
+	defer n.wg.Done()
+	batch := make([]submission, 0, n.cfg.MaxBatch)
+	for {
+		var first submission
+		select {
+		case first = <-n.submitCh:
+		case <-n.ctx.Done():
+			n.failQueued()
+			return
+		}
+		batch = append(batch[:0], first)
+		n.dispatch(batch)
+	}
+}
+
+// takeMore moves waiting submissions into batch, up to the batch bounds.
+func (n *Node) takeMore(batch []submission) []submission {
+	size := 0
+	for i := range batch {
+		size += commandSize(&batch[i].cmd)
+	}
+	for len(batch) < n.cfg.MaxBatch && size < n.cfg.MaxBatchBytes {
+		select {
+		case s := <-n.submitCh:
+			batch = append(batch, s)
+			size += commandSize(&s.cmd)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (n *Node) dispatch(batch []submission) {
+	deadline := time.Now().Add(n.cfg.LeaderWait)
+	for {
+		if n.raft.State() == raft.Leader {
+			select {
+			case n.inflight <- struct{}{}:
+			case <-n.ctx.Done():
+				fail(batch, broker.ErrClosed)
+				return
+			}
+			n.apply(n.takeMore(batch))
+			return
+		}
+		if !batch[0].forwardable {
+			// A forwarded command reached a node that is not the leader:
+			// answer rather than bounce it around.
+			fail(batch, broker.ErrUnavailable)
+			return
+		}
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			batch = n.takeMore(batch)
+			err := n.fwd.send(string(addr), batch)
+			if err == nil {
+				return
+			}
+			n.log.Debug("forwarding to the leader failed", "leader", addr, "err", err)
+		}
+		if time.Now().After(deadline) {
+			fail(batch, broker.ErrUnavailable)
+			return
+		}
+		// No leader yet: wait a little, with jitter so followers do not
+		// retry in step.
+		select {
+		case <-time.After(20*time.Millisecond + rand.N(30*time.Millisecond)):
+		case <-n.ctx.Done():
+			fail(batch, broker.ErrClosed)
+			return
+		}
+	}
+}
+
+func fail(batch []submission, err error) {
+	for _, s := range batch {
+		s.p.resolve(broker.Result{}, err)
+	}
+}
+
+func (n *Node) failQueued() {
+	for {
+		select {
+		case s := <-n.submitCh:
+			s.p.resolve(broker.Result{}, broker.ErrClosed)
+		default:
+			return
+		}
+	}
+}
+
+// apply appends batch as one entry. The leader stamps the time here, just
+// before the commands enter the log. A slot of n.inflight is held until the
+// entry is committed.
+func (n *Node) apply(batch []submission) {
+	now := time.Now().UTC()
+	cmds := make([]broker.Command, len(batch))
+	for i := range batch {
+		batch[i].cmd.TS = now
+		cmds[i] = batch[i].cmd
+	}
+	future := n.raft.Apply(encodeBatch(cmds), n.cfg.CommitTimeout)
+	waiting := make([]*pending, len(batch))
+	for i := range batch {
+		waiting[i] = batch[i].p
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer func() { <-n.inflight }()
+		err := future.Error()
+		if err != nil {
+			if !errors.Is(err, raft.ErrRaftShutdown) {
+				n.log.Warn("raft apply failed", "err", err, "commands", len(waiting))
+			}
+			for _, p := range waiting {
+				p.resolve(broker.Result{}, fmt.Errorf("%w: %w", broker.ErrUnavailable, err))
+			}
+			return
+		}
+		results, ok := future.Response().([]broker.Result)
+		index := future.Index()
+		for i, p := range waiting {
+			p.index = index
+			if !ok || i >= len(results) {
+				p.resolve(broker.Result{}, errors.New("raft entry applied without results"))
+				continue
+			}
+			p.resolve(results[i], nil)
+		}
+	}()
+}
+
+// Leader reports whether this node is the Raft leader.
+func (n *Node) Leader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderID is the current leader's node id, empty when there is none.
+func (n *Node) LeaderID() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// ID is this node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// RaftAddr is the address peers reach this node's Raft port on.
+func (n *Node) RaftAddr() string { return n.advertise.String() }
+
+// GossipAddr is the address peers join this node's gossip on.
+func (n *Node) GossipAddr() string {
+	if n.list == nil {
+		return ""
+	}
+	ln := n.list.LocalNode()
+	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
+}
+
+// Barrier waits until every entry committed before it is applied here.
+func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+
+// AppliedIndex is the index of the last entry applied to the broker.
+func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }
+
+// Close stops the node: gossip (leaving the cluster only with
+// LeaveOnShutdown), Raft, forwarding and the stores. Writes still waiting
+// fail with ErrClosed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	var errs []error
+	if n.list != nil {
+		if n.cfg.LeaveOnShutdown {
+			if err := n.list.Leave(2 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("leave gossip: %w", err))
+			}
+		}
+		if err := n.list.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("stop gossip: %w", err))
+		}
+	}
+	n.cancel()
+	n.fwd.close()
+	if n.raft != nil {
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("stop raft: %w", err))
+		}
+	}
+	if n.transport != nil {
+		n.transport.Close()
+	}
+	n.wg.Wait()
+	if n.store != nil {
+		if err := n.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close raft store: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WaitReady waits until there is a leader and this node has applied every
+// entry committed before the call (on the leader, through a Barrier).
+func (n *Node) WaitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if n.raft.State() == raft.Leader {
+			return n.raft.Barrier(time.Until(deadline)).Error()
+		}
+		if n.LeaderID() != "" && n.raft.AppliedIndex() >= n.raft.CommitIndex() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return broker.ErrUnavailable
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+type appliedWaiter struct {
+	index uint64
+	p     *pending
+	res   broker.Result
+	err   error
+}
+
+// resolveAfterApply resolves a forwarded command once this node has applied
+// the entry that committed it, so a client that was acked through a follower
+// reads its own write there (a later last_n replay includes it).
+func (n *Node) resolveAfterApply(p *pending, index uint64, res broker.Result, err error) {
+	n.applyMu.Lock()
+	if err != nil || index == 0 || index <= n.applied {
+		n.applyMu.Unlock()
+		p.resolve(res, err)
+		return
+	}
+	// Outcomes arrive in log order on one link, so the queue stays sorted
+	// but for a leader change, where waiting on the head only delays.
+	n.applyWaiter = append(n.applyWaiter, appliedWaiter{index: index, p: p, res: res, err: err})
+	n.applyMu.Unlock()
+}
+
+// noteApplied is called by the FSM after each entry.
+func (n *Node) noteApplied(index uint64) {
+	n.applyMu.Lock()
+	n.applied = index
+	k := 0
+	for k < len(n.applyWaiter) && n.applyWaiter[k].index <= index {
+		k++
+	}
+	ready := n.applyWaiter[:k:k]
+	n.applyWaiter = n.applyWaiter[k:]
+	n.applyMu.Unlock()
+	for _, w := range ready {
+		w.p.resolve(w.res, w.err)
+	}
+}

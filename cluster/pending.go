@@ -1,0 +1,41 @@
+package cluster
+
+import (
+	"context"
+	"time"
+
+	"github.com/mr-enclave/enclave/broker"
+)
+
+// pending is a submitted command; it resolves exactly once.
+type pending struct {
+	done    chan struct{}
+	res     broker.Result
+	err     error
+	timeout time.Duration
+	index   uint64 // Raft index of the entry that committed it, on the leader
+}
+
+func newPending(timeout time.Duration) *pending {
+	return &pending{done: make(chan struct{}), timeout: timeout}
+}
+
+func (p *pending) resolve(res broker.Result, err error) {
+	p.res, p.err = res, err
+	close(p.done)
+}
+
+// Wait returns the outcome, or ErrUnavailable when the commit takes longer
+// than the node's commit timeout (no quorum, or a leader that vanished).
+func (p *pending) Wait(ctx context.Context) (broker.Result, error) {
+	t := time.NewTimer(p.timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return p.res, p.err
+	case <-ctx.Done():
+		return broker.Result{}, ctx.Err()
+	case <-t.C:
+		return broker.Result{}, broker.ErrUnavailable
+	}
+}
