@@ -45,7 +45,8 @@ func (c Config) withDefaults() Config {
 const maxAheadFactor = 4
 
 type topic struct {
-	name string
+	name  string
+	epoch uint64 // which creation of this name: copies of events carry it
 
 	mu sync.Mutex
 	// replicated
@@ -58,6 +59,13 @@ type topic struct {
 	ahead     map[uint64]*Event
 	subs      []*Subscription
 	dropped   uint64 // counted when a subscription ends; live ones add theirs
+	watchers  []deliveryWatcher
+}
+
+// deliveryWatcher is called once the topic has delivered seq locally.
+type deliveryWatcher struct {
+	seq  uint64
+	done func()
 }
 
 // Broker is the node-local core. All replicated changes go through its
@@ -66,8 +74,9 @@ type Broker struct {
 	cfg       Config
 	committer Committer
 
-	mu     sync.RWMutex
-	topics map[string]*topic
+	mu        sync.RWMutex
+	topics    map[string]*topic
+	creations uint64 // topics ever created: the next topic's epoch (replicated)
 }
 
 var _ Applier = (*Broker)(nil)
@@ -132,9 +141,10 @@ func (b *Broker) Apply(cmd Command) Result {
 	}
 }
 
-func (b *Broker) newTopic(name string) *topic {
+func (b *Broker) newTopic(name string, epoch uint64) *topic {
 	return &topic{
 		name:    name,
+		epoch:   epoch,
 		ring:    newEventRing(b.cfg.RingSize),
 		history: newEventRing(b.cfg.RingSize),
 	}
@@ -146,8 +156,9 @@ func (b *Broker) applyCreate(cmd Command) Result {
 	if _, ok := b.topics[cmd.Topic]; ok {
 		return Result{Err: ErrTopicExists, TS: cmd.TS}
 	}
-	b.topics[cmd.Topic] = b.newTopic(cmd.Topic)
-	return Result{TS: cmd.TS}
+	b.creations++
+	b.topics[cmd.Topic] = b.newTopic(cmd.Topic, b.creations)
+	return Result{TS: cmd.TS, Epoch: b.creations}
 }
 
 func (b *Broker) applyDelete(cmd Command) Result {
@@ -162,6 +173,7 @@ func (b *Broker) applyDelete(cmd Command) Result {
 	}
 	t.mu.Lock()
 	t.endAllLocked(EndTopicDeleted)
+	t.releaseWatchersLocked()
 	t.mu.Unlock()
 	return Result{TS: cmd.TS}
 }
@@ -183,18 +195,20 @@ func (b *Broker) applyPublish(cmd Command) Result {
 	}
 	t.ring.push(e)
 	b.deliverLocked(t, e)
-	return Result{Seq: e.Seq, TS: e.TS}
+	return Result{Seq: e.Seq, TS: e.TS, Epoch: t.epoch}
 }
 
 // Deliver hands an event that was committed elsewhere (a copy carried from
 // the leader) to local subscribers. Whichever of Deliver and Apply brings a
 // seq first delivers it; the other is skipped. An event ahead of a gap waits
 // for the gap to fill.
-func (b *Broker) Deliver(topicName string, seq uint64, ts time.Time, msg Message) {
+// epoch is the topic's creation the event belongs to (Result.Epoch); a copy
+// from an older creation of the same name is ignored.
+func (b *Broker) Deliver(topicName string, epoch, seq uint64, ts time.Time, msg Message) {
 	b.mu.RLock()
 	t, ok := b.topics[topicName]
 	b.mu.RUnlock()
-	if !ok {
+	if !ok || t.epoch != epoch {
 		return
 	}
 	t.mu.Lock()
@@ -238,6 +252,51 @@ func (b *Broker) deliverLocked(t *topic, e *Event) {
 			}
 		}
 	}
+	if len(t.watchers) > 0 {
+		t.notifyWatchersLocked()
+	}
+}
+
+func (t *topic) notifyWatchersLocked() {
+	k := 0
+	for _, w := range t.watchers {
+		if w.seq <= t.delivered {
+			w.done()
+			continue
+		}
+		t.watchers[k] = w
+		k++
+	}
+	clear(t.watchers[k:])
+	t.watchers = t.watchers[:k]
+}
+
+func (t *topic) releaseWatchersLocked() {
+	for _, w := range t.watchers {
+		w.done()
+	}
+	t.watchers = nil
+}
+
+// OnDelivered calls done once this node has delivered seq of the topic's
+// given epoch to its local subscribers, or at once if it already has, or if
+// that topic is gone. done runs with the topic locked: it must be quick and
+// must not call the broker.
+func (b *Broker) OnDelivered(topicName string, epoch, seq uint64, done func()) {
+	b.mu.RLock()
+	t, ok := b.topics[topicName]
+	b.mu.RUnlock()
+	if !ok || t.epoch != epoch {
+		done()
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if seq <= t.delivered {
+		done()
+		return
+	}
+	t.watchers = append(t.watchers, deliveryWatcher{seq: seq, done: done})
 }
 
 func (t *topic) fanOutLocked(e *Event) {

@@ -39,6 +39,9 @@ type Result struct {
 	Err error
 	Seq uint64
 	TS  time.Time
+	// Epoch identifies the topic's creation (publish and create only), so
+	// copies of events can be told from those of a deleted namesake.
+	Epoch uint64
 }
 
 // Applier is the state machine a Committer drives: the Broker.

@@ -5,6 +5,7 @@ import "sort"
 // TopicState is one topic's replicated state.
 type TopicState struct {
 	Name    string
+	Epoch   uint64
 	Count   uint64   // messages ever published
 	LastSeq uint64   // seq of the newest message
 	Ring    []*Event // newest RingSize events, oldest first
@@ -12,7 +13,8 @@ type TopicState struct {
 
 // State is the whole replicated state, as a snapshot holds it.
 type State struct {
-	Topics []TopicState
+	Creations uint64 // topics ever created
+	Topics    []TopicState
 }
 
 // State copies the replicated state. Events are immutable, so the copy
@@ -20,11 +22,11 @@ type State struct {
 func (b *Broker) State() State {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	st := State{Topics: make([]TopicState, 0, len(b.topics))}
+	st := State{Creations: b.creations, Topics: make([]TopicState, 0, len(b.topics))}
 	for _, t := range b.topics {
 		t.mu.Lock()
 		st.Topics = append(st.Topics, TopicState{
-			Name: t.name, Count: t.count, LastSeq: t.lastSeq, Ring: t.ring.last(t.ring.len()),
+			Name: t.name, Epoch: t.epoch, Count: t.count, LastSeq: t.lastSeq, Ring: t.ring.last(t.ring.len()),
 		})
 		t.mu.Unlock()
 	}
@@ -40,7 +42,7 @@ func (b *Broker) State() State {
 func (b *Broker) Restore(st State) {
 	fresh := make(map[string]*topic, len(st.Topics))
 	for _, ts := range st.Topics {
-		t := b.newTopic(ts.Name)
+		t := b.newTopic(ts.Name, ts.Epoch)
 		t.count, t.lastSeq = ts.Count, ts.LastSeq
 		for _, e := range ts.Ring {
 			if e.Frame == nil && b.cfg.EncodeEvent != nil {
@@ -57,11 +59,13 @@ func (b *Broker) Restore(st State) {
 	b.mu.Lock()
 	old := b.topics
 	b.topics = fresh
+	b.creations = st.Creations
 	for name, prev := range old {
 		prev.mu.Lock()
 		next, ok := fresh[name]
-		if !ok {
+		if !ok || next.epoch != prev.epoch {
 			prev.endAllLocked(EndTopicDeleted)
+			prev.releaseWatchersLocked()
 			prev.mu.Unlock()
 			continue
 		}
@@ -77,6 +81,7 @@ func (b *Broker) Restore(st State) {
 // delivers the restored events they have not seen.
 func (t *topic) adoptLocked(prev *topic) {
 	t.subs, prev.subs = prev.subs, nil
+	t.watchers, prev.watchers = prev.watchers, nil
 	t.dropped = prev.dropped
 	t.delivered = prev.delivered
 	t.history = prev.history
@@ -94,4 +99,5 @@ func (t *topic) adoptLocked(prev *topic) {
 		// A gap older than the ring: those events are gone; continue after it.
 		t.delivered = t.lastSeq
 	}
+	t.notifyWatchersLocked()
 }

@@ -206,6 +206,7 @@ func appendOutcome(dst []byte, index uint64, res broker.Result, err error) []byt
 	dst = binary.AppendUvarint(dst, index)
 	dst = append(dst, errorCode(err), errorCode(res.Err))
 	dst = binary.AppendUvarint(dst, res.Seq)
+	dst = binary.AppendUvarint(dst, res.Epoch)
 	return binary.AppendVarint(dst, res.TS.UnixNano())
 }
 
@@ -213,7 +214,7 @@ func (d *decoder) outcome() (uint64, broker.Result, error) {
 	index := d.uvarint()
 	errCode := d.byte()
 	resCode := d.byte()
-	res := broker.Result{Err: codeError(resCode), Seq: d.uvarint(), TS: time.Unix(0, d.varint()).UTC()}
+	res := broker.Result{Err: codeError(resCode), Seq: d.uvarint(), Epoch: d.uvarint(), TS: time.Unix(0, d.varint()).UTC()}
 	return index, res, codeError(errCode)
 }
 
@@ -229,9 +230,11 @@ func encodeState(st broker.State) []byte {
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, snapshotVersion)
+	buf = binary.AppendUvarint(buf, st.Creations)
 	buf = binary.AppendUvarint(buf, uint64(len(st.Topics)))
 	for _, t := range st.Topics {
 		buf = appendString(buf, t.Name)
+		buf = binary.AppendUvarint(buf, t.Epoch)
 		buf = binary.AppendUvarint(buf, t.Count)
 		buf = binary.AppendUvarint(buf, t.LastSeq)
 		buf = binary.AppendUvarint(buf, uint64(len(t.Ring)))
@@ -251,9 +254,10 @@ func decodeState(data []byte) (broker.State, error) {
 		return broker.State{}, fmt.Errorf("snapshot version %d is not supported", v)
 	}
 	var st broker.State
+	st.Creations = d.uvarint()
 	n := d.uvarint()
 	for i := uint64(0); i < n && d.err == nil; i++ {
-		t := broker.TopicState{Name: d.string(), Count: d.uvarint(), LastSeq: d.uvarint()}
+		t := broker.TopicState{Name: d.string(), Epoch: d.uvarint(), Count: d.uvarint(), LastSeq: d.uvarint()}
 		k := d.uvarint()
 		if d.err == nil && k > uint64(len(d.buf)) {
 			return broker.State{}, errTruncated

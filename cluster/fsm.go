@@ -16,6 +16,8 @@ type fsm struct {
 	onApplied func(cmds []broker.Command, results []broker.Result)
 	// afterApply is told the index of every entry applied.
 	afterApply func(index uint64)
+	// beforeApply is a test hook.
+	beforeApply func(index uint64)
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -23,6 +25,9 @@ var _ raft.FSM = (*fsm)(nil)
 // Apply decodes and applies one entry. An entry that cannot be decoded
 // panics: a corrupt log must stop the node, not let it diverge.
 func (f *fsm) Apply(l *raft.Log) any {
+	if f.beforeApply != nil {
+		f.beforeApply(l.Index)
+	}
 	if f.afterApply != nil {
 		defer f.afterApply(l.Index)
 	}

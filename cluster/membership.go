@@ -41,7 +41,7 @@ func (d gossipDelegate) NodeMeta(limit int) []byte {
 	}
 	return b
 }
-func (gossipDelegate) NotifyMsg([]byte)                           {}
+func (d gossipDelegate) NotifyMsg(msg []byte)                     { d.n.fanout.receive(msg) }
 func (gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (gossipDelegate) LocalState(join bool) []byte                { return nil }
 func (gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -80,6 +80,12 @@ func (n *Node) startMembership() error {
 	// A node recreated with a new address keeps its name: let it take the
 	// name over once the old address has been declared dead.
 	mc.DeadNodeReclaimTime = 5 * time.Second
+	// Event packets are small and frequent; compressing each costs more
+	// than it saves on a LAN.
+	mc.EnableCompression = false
+	if len(n.cfg.ClusterKey) > 0 {
+		mc.SecretKey = n.cfg.ClusterKey
+	}
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("start gossip: %w", err)
@@ -89,9 +95,10 @@ func (n *Node) startMembership() error {
 		// Port 0 picked a free port: advertise the real one.
 		n.cfg.GossipPort = int(list.LocalNode().Port)
 	}
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.joinLoop()
 	go n.reconcileLoop()
+	go n.fanout.countsLoop()
 	return nil
 }
 
@@ -246,6 +253,7 @@ func (n *Node) reconcileLoop() {
 		case <-n.ctx.Done():
 			return
 		}
+		n.fanout.syncPeers()
 		if n.raft.State() == raft.Leader {
 			n.reconcile()
 		}

@@ -48,6 +48,15 @@ type Config struct {
 	// it is reached, waiting commands pile up into the next, bigger batch.
 	MaxInflight int
 
+	// FanoutPacketBytes bounds the UDP packets that carry events to peers
+	// (default 8 KiB; larger packets are IP-fragmented on most links).
+	FanoutPacketBytes int
+	// ClusterKey, when set (16, 24 or 32 bytes), encrypts gossip traffic:
+	// membership and the event copies.
+	ClusterKey []byte
+	// Hooks are for tests.
+	Hooks TestHooks
+
 	// Raft timing; zero values take the defaults below.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
@@ -83,6 +92,9 @@ func (c Config) withDefaults() Config {
 	if c.ElectionTimeout <= 0 {
 		c.ElectionTimeout = time.Second
 	}
+	if c.FanoutPacketBytes <= 0 {
+		c.FanoutPacketBytes = 8 << 10
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -110,6 +122,7 @@ type Node struct {
 	mux       *mux
 	list      *memberlist.Memberlist
 	fwd       forwarder
+	fanout    fanout
 	inflight  chan struct{}
 	submitCh  chan submission
 	notifyCh  chan bool
@@ -126,7 +139,6 @@ type Node struct {
 	applyWaiter []appliedWaiter // forwarded outcomes waiting for the local apply, by index
 
 	mu       sync.Mutex
-	leaving  map[string]bool // members that left gracefully
 	closed   bool
 	isLeader bool
 }
@@ -148,10 +160,10 @@ func Start(b *broker.Broker, cfg Config) (*Node, error) {
 		submitCh: make(chan submission, 4*cfg.MaxBatch),
 		notifyCh: make(chan bool, 16),
 		memberCh: make(chan struct{}, 1),
-		leaving:  make(map[string]bool),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.fwd.n = n
+	n.fanout.init(n)
 	if err := n.startRaft(); err != nil {
 		n.cancel()
 		return nil, err
@@ -202,7 +214,7 @@ func (n *Node) startRaft() error {
 	rc.NotifyCh = n.notifyCh
 	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
 	rc.ElectionTimeout = n.cfg.ElectionTimeout
-	rc.LeaderLeaseTimeout = n.cfg.HeartbeatTimeout / 2
+	rc.LeaderLeaseTimeout = n.cfg.HeartbeatTimeout
 	rc.CommitTimeout = 5 * time.Millisecond
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
@@ -216,7 +228,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("inspect raft state: %w", err)
 	}
-	f := &fsm{broker: n.broker, afterApply: n.noteApplied}
+	f := &fsm{broker: n.broker, afterApply: n.noteApplied, onApplied: n.fanout.onApplied, beforeApply: n.cfg.Hooks.BeforeApply}
 	n.raft, err = raft.NewRaft(rc, f, store, store, snaps, n.transport)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
@@ -231,6 +243,7 @@ func (n *Node) Submit(cmd broker.Command) broker.Pending {
 
 func (n *Node) submit(cmd broker.Command, forwardable bool) *pending {
 	p := newPending(n.cfg.CommitTimeout)
+	p.topic = cmd.Topic
 	select {
 	case n.submitCh <- submission{cmd: cmd, p: p, forwardable: forwardable}:
 	case <-n.ctx.Done():
@@ -389,6 +402,10 @@ func (n *Node) LeaderID() string {
 // ID is this node's id.
 func (n *Node) ID() string { return n.cfg.NodeID }
 
+// RemoteSubscribers counts, per topic, the subscriptions on the other alive
+// nodes, as they last reported them (every 750 ms).
+func (n *Node) RemoteSubscribers() map[string]int { return n.fanout.remoteSubscribers() }
+
 // RaftAddr is the address peers reach this node's Raft port on.
 func (n *Node) RaftAddr() string { return n.advertise.String() }
 
@@ -481,6 +498,13 @@ type appliedWaiter struct {
 // the entry that committed it, so a client that was acked through a follower
 // reads its own write there (a later last_n replay includes it).
 func (n *Node) resolveAfterApply(p *pending, index uint64, res broker.Result, err error) {
+	if err == nil && res.Err == nil && res.Seq > 0 {
+		// A publish: waiting for its local delivery is enough for a later
+		// replay here to include it, and the event copy usually arrives
+		// by gossip before Raft tells this node about the commit.
+		n.broker.OnDelivered(p.topic, res.Epoch, res.Seq, func() { p.resolve(res, nil) })
+		return
+	}
 	n.applyMu.Lock()
 	if err != nil || index == 0 || index <= n.applied {
 		n.applyMu.Unlock()

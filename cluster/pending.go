@@ -14,6 +14,7 @@ type pending struct {
 	err     error
 	timeout time.Duration
 	index   uint64 // Raft index of the entry that committed it, on the leader
+	topic   string
 }
 
 func newPending(timeout time.Duration) *pending {

@@ -20,8 +20,7 @@ func (v clusterView) Status() gateway.ClusterStatus {
 	return st
 }
 
-// RemoteSubscribers is not shared between nodes yet: counts are this node's.
-func (v clusterView) RemoteSubscribers() map[string]int { return nil }
+func (v clusterView) RemoteSubscribers() map[string]int { return v.node.RemoteSubscribers() }
 
 // detectAdvertiseAddr picks the first non-loopback IPv4 address, so a node
 // in a container or VM advertises the address its peers can reach.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +36,7 @@ type Config struct {
 	Join              []string
 	BootstrapExpect   int
 	LeaveOnShutdown   bool
+	ClusterKey        []byte
 }
 
 type setting struct {
@@ -115,6 +117,21 @@ func settings() []setting {
 				return fmt.Errorf("%q is not a boolean", v)
 			}
 			c.LeaveOnShutdown = b
+			return nil
+		}},
+		{"CLUSTER_KEY", "cluster-key", "", "base64 key of 16, 24 or 32 bytes that encrypts gossip (membership and event copies); the same on every node", func(c *Config, v string) error {
+			if v == "" {
+				c.ClusterKey = nil
+				return nil
+			}
+			key, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				return errors.New("must be base64 (try: openssl rand -base64 32)")
+			}
+			if n := len(key); n != 16 && n != 24 && n != 32 {
+				return fmt.Errorf("decodes to %d bytes; it must be 16, 24 or 32", n)
+			}
+			c.ClusterKey = key
 			return nil
 		}},
 		{"SHUTDOWN_TIMEOUT", "shutdown-timeout", "10s", "time given to connections to flush and close on SIGTERM", func(c *Config, v string) error {

@@ -89,6 +89,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		Join:            cfg.Join,
 		BootstrapExpect: cfg.BootstrapExpect,
 		LeaveOnShutdown: cfg.LeaveOnShutdown,
+		ClusterKey:      cfg.ClusterKey,
 		Logger:          log,
 	})
 	if err != nil {
