@@ -104,6 +104,7 @@ func (c Config) withDefaults() Config {
 type submission struct {
 	cmd broker.Command
 	p   *pending
+	at  time.Time // when it was submitted
 	// forwardable is false for commands a follower forwarded to us: if we
 	// are no longer the leader they fail rather than hop again.
 	forwardable bool
@@ -245,7 +246,7 @@ func (n *Node) submit(cmd broker.Command, forwardable bool) *pending {
 	p := newPending(n.cfg.CommitTimeout)
 	p.topic = cmd.Topic
 	select {
-	case n.submitCh <- submission{cmd: cmd, p: p, forwardable: forwardable}:
+	case n.submitCh <- submission{cmd: cmd, p: p, at: time.Now(), forwardable: forwardable}:
 	case <-n.ctx.Done():
 		p.resolve(broker.Result{}, broker.ErrClosed)
 	}
@@ -290,7 +291,9 @@ func (n *Node) takeMore(batch []submission) []submission {
 }
 
 func (n *Node) dispatch(batch []submission) {
-	deadline := time.Now().Add(n.cfg.LeaderWait)
+	// The wait for a leader counts from submission, so a backlog built up
+	// while there was none fails together instead of batch after batch.
+	deadline := batch[0].at.Add(n.cfg.LeaderWait)
 	for {
 		if n.raft.State() == raft.Leader {
 			select {
@@ -352,6 +355,18 @@ func (n *Node) failQueued() {
 // before the commands enter the log. A slot of n.inflight is held until the
 // entry is committed.
 func (n *Node) apply(batch []submission) {
+	// Commands whose client already gave up (answered UNAVAILABLE) are not
+	// committed behind its back.
+	live := batch[:0]
+	for _, s := range batch {
+		if !s.p.abandoned.Load() {
+			live = append(live, s)
+		}
+	}
+	if batch = live; len(batch) == 0 {
+		<-n.inflight
+		return
+	}
 	now := time.Now().UTC()
 	cmds := make([]broker.Command, len(batch))
 	for i := range batch {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/mr-enclave/enclave/broker"
@@ -15,6 +16,9 @@ type pending struct {
 	timeout time.Duration
 	index   uint64 // Raft index of the entry that committed it, on the leader
 	topic   string
+	// abandoned is set when Wait gave up on the commit: a command not yet
+	// in the log is then dropped rather than committed unseen.
+	abandoned atomic.Bool
 }
 
 func newPending(timeout time.Duration) *pending {
@@ -35,8 +39,10 @@ func (p *pending) Wait(ctx context.Context) (broker.Result, error) {
 	case <-p.done:
 		return p.res, p.err
 	case <-ctx.Done():
+		p.abandoned.Store(true)
 		return broker.Result{}, ctx.Err()
 	case <-t.C:
+		p.abandoned.Store(true)
 		return broker.Result{}, broker.ErrUnavailable
 	}
 }
