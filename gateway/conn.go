@@ -57,7 +57,7 @@ type conn struct {
 	ready      []*broker.Subscription
 	subs       map[subKey]*broker.Subscription
 	writing    bool
-	closing    bool   // no more frames are accepted
+	closing    bool   // no more events are taken; replies are until closeSent is set
 	closeFrame []byte // sent once everything queued before it is written
 	closeSent  bool
 	flushed    chan struct{} // closed when the writer stops after closing
@@ -303,11 +303,13 @@ func (c *conn) replyError(requestID string, err error, topic string) {
 	c.enqueue(outFrame{op: opText, data: encodeError(requestID, code, msg, time.Now())})
 }
 
-// enqueue queues a reply. A client with maxControlFrames unread replies is
-// not reading and is disconnected.
+// enqueue queues a reply. Replies are taken until the close frame is sent,
+// so a request read while a closing connection flushes (during a shutdown)
+// is still answered. A client with maxControlFrames unread replies is not
+// reading and is disconnected.
 func (c *conn) enqueue(f outFrame) {
 	c.mu.Lock()
-	if c.closing {
+	if c.closeSent {
 		c.mu.Unlock()
 		return
 	}

@@ -97,6 +97,9 @@ func DecodeRequest(data []byte) (Request, error) {
 	req.ClientID = *w.ClientID
 	if req.Type == TypeSubscribe && len(w.LastN) > 0 && !bytes.Equal(w.LastN, []byte("null")) {
 		n, err := strconv.ParseInt(string(w.LastN), 10, 64)
+		if errors.Is(err, strconv.ErrRange) && n > 0 {
+			err = nil // beyond int64, and so beyond any ring: capped below
+		}
 		if err != nil || n < 0 {
 			return req, badRequestf("last_n must be an integer >= 0")
 		}
