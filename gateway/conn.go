@@ -48,7 +48,9 @@ type conn struct {
 	cancel context.CancelFunc
 	opened time.Time
 
-	lastRead  atomic.Int64 // unix nanos of the last frame or pong received
+	// lastRead is when the last frame or pong arrived, as time since opened:
+	// monotonic, so a step of the wall clock cannot reap idle connections.
+	lastRead  atomic.Int64
 	heartbeat *time.Timer
 	pipe      publishPipeline
 
@@ -128,7 +130,7 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	g.untrack(c)
 }
 
-func (c *conn) touch() { c.lastRead.Store(time.Now().UnixNano()) }
+func (c *conn) touch() { c.lastRead.Store(int64(time.Since(c.opened))) }
 
 func (c *conn) readLoop() {
 	max := c.g.cfg.MaxMessageBytes
@@ -477,7 +479,7 @@ func (c *conn) write(buf []byte) bool {
 
 func (c *conn) onHeartbeat() {
 	interval := c.g.cfg.HeartbeatInterval
-	idle := time.Since(time.Unix(0, c.lastRead.Load()))
+	idle := time.Since(c.opened) - time.Duration(c.lastRead.Load())
 	switch {
 	case idle >= 3*interval:
 		c.mu.Lock()
