@@ -90,13 +90,15 @@ func (t *topic) adoptLocked(prev *topic) {
 		// position, later applies are skipped until they pass it.
 		return
 	}
+	// Events past the ring's start that this node never saw are gone for
+	// its live subscribers (they see the jump in seq); the ring's are
+	// delivered, which also brings the replay history up to date.
 	for _, e := range t.ring.last(t.ring.len()) {
-		if e.Seq == t.delivered+1 {
+		if e.Seq > t.delivered {
 			t.fanOutLocked(e)
 		}
 	}
 	if t.delivered < t.lastSeq {
-		// A gap older than the ring: those events are gone; continue after it.
 		t.delivered = t.lastSeq
 	}
 	t.notifyWatchersLocked()
