@@ -2,12 +2,12 @@ package cluster
 
 import (
 	"encoding/binary"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
-	"github.com/hashicorp/raft"
 	"github.com/mr-enclave/enclave/broker"
 )
 
@@ -86,10 +86,9 @@ func (f *fanout) init(n *Node) {
 // members gone. It must not run inside a memberlist callback.
 func (f *fanout) syncPeers() {
 	alive := map[string]*memberlist.Node{}
-	for _, m := range f.n.list.Members() {
-		if m.Name != f.n.cfg.NodeID && m.State == memberlist.StateAlive {
-			c := *m
-			alive[m.Name] = &c
+	for _, m := range f.n.members() {
+		if m.id != f.n.cfg.NodeID && m.state == memberlist.StateAlive {
+			alive[m.id] = &memberlist.Node{Name: m.id, Addr: net.ParseIP(m.addr), Port: m.port}
 		}
 	}
 	f.mu.Lock()
@@ -116,7 +115,7 @@ func (f *fanout) syncPeers() {
 // onApplied runs on every node after an entry is applied; the leader
 // carries the entry's events to its peers.
 func (f *fanout) onApplied(cmds []broker.Command, results []broker.Result) {
-	if f.n.raft.State() != raft.Leader {
+	if !f.n.leading.Load() {
 		return
 	}
 	size := 0

@@ -21,8 +21,11 @@ import (
 // answers in the same order, so one connection's publishes keep their order.
 
 const (
-	maxForwardFrame   = 64 << 20
-	forwardDialTimout = 2 * time.Second
+	maxForwardFrame = 64 << 20
+	// forwardDialTimeout is short: a leader that died on a network that
+	// drops packets never refuses the dial, and the router retries with
+	// the newly elected leader.
+	forwardDialTimeout = 500 * time.Millisecond
 	// forwardQueue bounds the requests a leader holds for one follower
 	// before it stops reading that follower's connection.
 	forwardQueue = 4096
@@ -72,8 +75,13 @@ func (n *Node) serveForward(c net.Conn) {
 		var body []byte
 		for a := range answers {
 			res, err := a.p.Wait(n.ctx)
+			if n.ctx.Err() != nil {
+				// Shutting down: drop the link; the follower answers
+				// UNAVAILABLE for what it was waiting on.
+				break
+			}
 			body = binary.AppendUvarint(body[:0], a.id)
-			body = appendOutcome(body, a.p.index, res, err)
+			body = appendOutcome(body, a.p.committedIndex(), res, err)
 			if err := writeFrame(w, body); err != nil {
 				break
 			}
@@ -99,6 +107,9 @@ func (n *Node) serveForward(c net.Conn) {
 		d := decoder{buf: frame}
 		id := d.uvarint()
 		cmd := d.command()
+		if d.err == nil {
+			d.err = validForwarded(&cmd)
+		}
 		if d.err != nil {
 			n.log.Warn("dropping malformed forwarding connection", "remote", c.RemoteAddr().String(), "err", d.err)
 			return
@@ -134,7 +145,7 @@ func (f *forwarder) send(addr string, subs []submission) error {
 		f.dropLocked(f.conn, broker.ErrUnavailable)
 	}
 	if f.conn == nil {
-		c, err := dialMux(addr, muxForward, forwardDialTimout)
+		c, err := dialMux(addr, muxForward, forwardDialTimeout)
 		if err != nil {
 			return fmt.Errorf("dial leader %s: %w", addr, err)
 		}
@@ -218,4 +229,18 @@ func (f *forwarder) close() {
 		f.dropLocked(f.conn, broker.ErrClosed)
 	}
 	f.mu.Unlock()
+}
+
+// validForwarded refuses a forwarded command this version could not apply:
+// committed, it would stop every node (Apply panics on a corrupt log).
+func validForwarded(cmd *broker.Command) error {
+	switch cmd.Op {
+	case broker.OpCreateTopic, broker.OpDeleteTopic, broker.OpPublish:
+	default:
+		return fmt.Errorf("unknown op %d", cmd.Op)
+	}
+	if !broker.ValidTopicName(cmd.Topic) {
+		return fmt.Errorf("invalid topic name %q", cmd.Topic)
+	}
+	return nil
 }

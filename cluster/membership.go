@@ -20,6 +20,9 @@ type nodeMeta struct {
 	// Bootstrapped says the node already has Raft state, so a fresh node
 	// seeing it must join that cluster rather than bootstrap a new one.
 	Bootstrapped bool `json:"boot,omitempty"`
+	// Leaving is announced just before a graceful leave: memberlist's
+	// callbacks do not tell a node that left from one that died.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 func parseMeta(b []byte) (nodeMeta, bool) {
@@ -34,7 +37,7 @@ func parseMeta(b []byte) (nodeMeta, bool) {
 type gossipDelegate struct{ n *Node }
 
 func (d gossipDelegate) NodeMeta(limit int) []byte {
-	m := nodeMeta{RaftAddr: d.n.advertise.String(), HTTPAddr: d.n.cfg.HTTPAddr, Bootstrapped: d.n.bootstrapped()}
+	m := nodeMeta{RaftAddr: d.n.advertise.String(), HTTPAddr: d.n.cfg.HTTPAddr, Bootstrapped: d.n.bootstrapped(), Leaving: d.n.leaving.Load()}
 	b, _ := json.Marshal(m)
 	if len(b) > limit {
 		return nil
@@ -46,10 +49,37 @@ func (gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (gossipDelegate) LocalState(join bool) []byte                { return nil }
 func (gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
 
-func (d gossipDelegate) NotifyJoin(*memberlist.Node)   { d.n.membersChanged() }
-func (d gossipDelegate) NotifyUpdate(*memberlist.Node) { d.n.membersChanged() }
-func (d gossipDelegate) NotifyLeave(m *memberlist.Node) {
-	d.n.membersChanged()
+// Memberlist calls these with its lock held and rewrites the *Node in place
+// later (hashicorp/memberlist#306): copy what we need, never keep the
+// pointer, and never call back into memberlist here.
+func (d gossipDelegate) NotifyJoin(m *memberlist.Node)   { d.n.recordMember(m, false) }
+func (d gossipDelegate) NotifyUpdate(m *memberlist.Node) { d.n.recordMember(m, false) }
+func (d gossipDelegate) NotifyLeave(m *memberlist.Node)  { d.n.recordMember(m, true) }
+
+// recordMember notes a member's state. memberlist does not fill in
+// Node.State in callbacks: NotifyLeave means dead, or left when the node
+// announced it was leaving.
+func (n *Node) recordMember(m *memberlist.Node, gone bool) {
+	meta, ok := parseMeta(m.Meta)
+	state := memberlist.StateAlive
+	if gone {
+		state = memberlist.StateDead
+	}
+	rec := member{id: m.Name, addr: m.Addr.String(), port: m.Port, state: state, meta: meta}
+	n.memberMu.Lock()
+	old, known := n.memberMap[m.Name]
+	if !ok && known {
+		rec.meta = old.meta
+		ok = true
+	}
+	if gone && (rec.meta.Leaving || (known && old.meta.Leaving)) {
+		rec.state = memberlist.StateLeft
+	}
+	if ok {
+		n.memberMap[m.Name] = rec
+	}
+	n.memberMu.Unlock()
+	n.membersChanged()
 }
 
 func (n *Node) membersChanged() {
@@ -79,7 +109,7 @@ func (n *Node) startMembership() error {
 	mc.Logger = newStdLogger(n.log, "memberlist")
 	// A node recreated with a new address keeps its name: let it take the
 	// name over once the old address has been declared dead.
-	mc.DeadNodeReclaimTime = 5 * time.Second
+	mc.DeadNodeReclaimTime = 2 * time.Second
 	// Event packets are small and frequent; compressing each costs more
 	// than it saves on a LAN.
 	mc.EnableCompression = false
@@ -91,10 +121,9 @@ func (n *Node) startMembership() error {
 		return fmt.Errorf("start gossip: %w", err)
 	}
 	n.list = list
-	if n.cfg.GossipPort == 0 {
-		// Port 0 picked a free port: advertise the real one.
-		n.cfg.GossipPort = int(list.LocalNode().Port)
-	}
+	// Port 0 picked a free port (Create wrote it back into mc).
+	n.cfg.GossipPort = mc.AdvertisePort
+	n.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
 	n.wg.Add(3)
 	go n.joinLoop()
 	go n.reconcileLoop()
@@ -102,14 +131,16 @@ func (n *Node) startMembership() error {
 	return nil
 }
 
-// joinLoop contacts the JOIN peers until at least one answers, and again
-// whenever this node finds itself alone (after a partition or a restart of
-// every peer).
+// joinLoop contacts the JOIN peers until this node is a member of the Raft
+// configuration at its current address, and later whenever it finds itself
+// alone (after a partition or a restart of every peer). Joining again is
+// what gets a node that came back with a new IP accepted: peers refuse the
+// new address until the old one is declared dead and reclaimable.
 func (n *Node) joinLoop() {
 	defer n.wg.Done()
 	var peers []string
 	for _, p := range n.cfg.Join {
-		if p != "" && p != n.GossipAddr() {
+		if p != "" && p != n.gossipAddr {
 			peers = append(peers, p)
 		}
 	}
@@ -118,42 +149,61 @@ func (n *Node) joinLoop() {
 	}
 	delay := 200 * time.Millisecond
 	for {
-		if n.list.NumMembers() < 2 {
+		settled := n.list.NumMembers() > 1 && n.inConfigurationHere()
+		if !settled {
 			joined, err := n.list.Join(peers)
 			if err != nil && joined == 0 {
 				n.log.Debug("join: no peer answered yet", "peers", peers, "err", err)
 			} else {
-				n.log.Info("joined the cluster", "contacted", joined)
+				n.log.Debug("contacted cluster peers", "contacted", joined)
 			}
+		}
+		wait := delay
+		if settled {
+			wait = 10 * time.Second
+		} else if delay < 2*time.Second {
+			delay *= 2
 		}
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-time.After(delay):
-		}
-		if delay < 5*time.Second {
-			delay *= 2
+		case <-time.After(wait):
 		}
 	}
+}
+
+// inConfigurationHere reports whether Raft's configuration lists this node
+// at its current address.
+func (n *Node) inConfigurationHere() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.ID == raft.ServerID(n.cfg.NodeID) {
+			return s.Address == raft.ServerAddress(n.advertise.String())
+		}
+	}
+	return false
 }
 
 // member is a gossip member with usable metadata.
 type member struct {
 	id    string
 	addr  string // gossip IP
+	port  uint16 // gossip port
 	state memberlist.NodeStateType
 	meta  nodeMeta
 }
 
+// members lists every member seen, alive or not, from this node's own copy.
 func (n *Node) members() []member {
-	var out []member
-	for _, m := range n.list.Members() {
-		meta, ok := parseMeta(m.Meta)
-		if !ok {
-			continue
-		}
-		out = append(out, member{id: m.Name, addr: m.Addr.String(), state: m.State, meta: meta})
+	n.memberMu.Lock()
+	out := make([]member, 0, len(n.memberMap))
+	for _, m := range n.memberMap {
+		out = append(out, m)
 	}
+	n.memberMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
 	return out
 }
@@ -221,9 +271,7 @@ func (n *Node) watchLeadership() {
 	for {
 		select {
 		case leader := <-n.notifyCh:
-			n.mu.Lock()
-			n.isLeader = leader
-			n.mu.Unlock()
+			n.leading.Store(leader)
 			if leader {
 				n.log.Info("became the leader")
 				// Act as leader only once the FSM has caught up.
@@ -321,7 +369,12 @@ type MemberStatus struct {
 // Members lists Raft's servers and gossip members, by id.
 func (n *Node) Members() []MemberStatus {
 	byID := map[string]*MemberStatus{}
+	gossipState := map[string]memberlist.NodeStateType{}
 	for _, m := range n.members() {
+		gossipState[m.id] = m.state
+		if m.state == memberlist.StateLeft {
+			continue // gone for good; listed below only while still in Raft
+		}
 		byID[m.id] = &MemberStatus{ID: m.id, Address: m.addr, RaftAddr: m.meta.RaftAddr, HTTPAddr: m.meta.HTTPAddr, Status: stateName(m.state)}
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
@@ -330,6 +383,9 @@ func (n *Node) Members() []MemberStatus {
 			if !ok {
 				host, _, _ := net.SplitHostPort(string(s.Address))
 				ms = &MemberStatus{ID: string(s.ID), Address: host, RaftAddr: string(s.Address), Status: "unknown"}
+				if st, ok := gossipState[string(s.ID)]; ok {
+					ms.Status = stateName(st)
+				}
 				byID[string(s.ID)] = ms
 			}
 			ms.Voter = s.Suffrage == raft.Voter

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -39,7 +40,7 @@ type Config struct {
 	// CommitTimeout bounds how long a write may wait for its commit before
 	// UNAVAILABLE (default 5s).
 	CommitTimeout time.Duration
-	// LeaderWait is how long a write waits for a leader to appear (default 3s).
+	// LeaderWait is how long a write waits for a leader to appear (default 4s).
 	LeaderWait time.Duration
 	// MaxBatch and MaxBatchBytes bound the publishes grouped into one entry.
 	MaxBatch      int
@@ -56,6 +57,14 @@ type Config struct {
 	ClusterKey []byte
 	// Hooks are for tests.
 	Hooks TestHooks
+
+	// Snapshots: taken every SnapshotInterval once SnapshotThreshold entries
+	// have accumulated, keeping TrailingLogs entries for slow followers.
+	// Snapshots hold only topics and rings, so they are small: the defaults
+	// (2048 entries, 30s, 1024 kept) keep the data directory short.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
 
 	// Raft timing; zero values take the defaults below.
 	HeartbeatTimeout time.Duration
@@ -75,7 +84,9 @@ func (c Config) withDefaults() Config {
 		c.CommitTimeout = 5 * time.Second
 	}
 	if c.LeaderWait <= 0 {
-		c.LeaderWait = 3 * time.Second
+		// An election after a leader dies takes HeartbeatTimeout plus a
+		// randomised ElectionTimeout: 1-3 s with the defaults.
+		c.LeaderWait = 4 * time.Second
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 512
@@ -91,6 +102,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ElectionTimeout <= 0 {
 		c.ElectionTimeout = time.Second
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 2048
+	}
+	if c.SnapshotInterval <= 0 {
+		c.SnapshotInterval = 30 * time.Second
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 1024
 	}
 	if c.FanoutPacketBytes <= 0 {
 		c.FanoutPacketBytes = 8 << 10
@@ -117,19 +137,25 @@ type Node struct {
 	log    *slog.Logger
 	broker *broker.Broker
 
-	raft      *raft.Raft
-	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
-	mux       *mux
-	list      *memberlist.Memberlist
-	fwd       forwarder
-	fanout    fanout
-	inflight  chan struct{}
-	submitCh  chan submission
-	notifyCh  chan bool
-	memberCh  chan struct{}
-	hadState  bool
-	advertise *net.TCPAddr
+	raft       *raft.Raft
+	transport  *raft.NetworkTransport
+	store      *raftboltdb.BoltStore
+	mux        *mux
+	list       *memberlist.Memberlist
+	fwd        forwarder
+	fanout     fanout
+	inflight   chan struct{}
+	submitCh   chan submission
+	notifyCh   chan bool
+	memberCh   chan struct{}
+	hadState   bool
+	advertise  *net.TCPAddr
+	gossipAddr string
+
+	memberMu  sync.Mutex
+	memberMap map[string]member // copied from memberlist's callbacks
+	closeMu   sync.RWMutex      // Submit holds it shared; Close exclusively
+	leaving   atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -139,9 +165,11 @@ type Node struct {
 	applied     uint64          // highest index applied here, as the FSM saw it
 	applyWaiter []appliedWaiter // forwarded outcomes waiting for the local apply, by index
 
-	mu       sync.Mutex
-	closed   bool
-	isLeader bool
+	mu     sync.Mutex
+	closed bool
+	// leading follows NotifyCh. The FSM reads it rather than n.raft, which
+	// it can run before NewRaft has returned.
+	leading atomic.Bool
 }
 
 var _ broker.Committer = (*Node)(nil)
@@ -154,13 +182,14 @@ func Start(b *broker.Broker, cfg Config) (*Node, error) {
 		return nil, errors.New("cluster: NodeID is required")
 	}
 	n := &Node{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		broker:   b,
-		inflight: make(chan struct{}, cfg.MaxInflight),
-		submitCh: make(chan submission, 4*cfg.MaxBatch),
-		notifyCh: make(chan bool, 16),
-		memberCh: make(chan struct{}, 1),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		broker:    b,
+		inflight:  make(chan struct{}, cfg.MaxInflight),
+		submitCh:  make(chan submission, 4*cfg.MaxBatch),
+		notifyCh:  make(chan bool, 16),
+		memberCh:  make(chan struct{}, 1),
+		memberMap: make(map[string]member),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.fwd.n = n
@@ -217,13 +246,13 @@ func (n *Node) startRaft() error {
 	rc.ElectionTimeout = n.cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = n.cfg.HeartbeatTimeout
 	rc.CommitTimeout = 5 * time.Millisecond
-	rc.BatchApplyCh = true
+	// BatchApplyCh stays off: futures left in its buffer when Raft shuts
+	// down are never resolved. The router already groups commands into
+	// entries, and Raft still writes every entry waiting into one append.
 	rc.MaxAppendEntries = 256
-	// Snapshots hold only topics and rings, so they are small: take them
-	// often and keep the log (and the data directory) short.
-	rc.SnapshotThreshold = 2048
-	rc.TrailingLogs = 1024
-	rc.SnapshotInterval = 30 * time.Second
+	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	rc.TrailingLogs = n.cfg.TrailingLogs
+	rc.SnapshotInterval = n.cfg.SnapshotInterval
 
 	n.hadState, err = raft.HasExistingState(store, store, snaps)
 	if err != nil {
@@ -245,6 +274,12 @@ func (n *Node) Submit(cmd broker.Command) broker.Pending {
 func (n *Node) submit(cmd broker.Command, forwardable bool) *pending {
 	p := newPending(n.cfg.CommitTimeout)
 	p.topic = cmd.Topic
+	n.closeMu.RLock()
+	defer n.closeMu.RUnlock()
+	if n.ctx.Err() != nil {
+		p.resolve(broker.Result{}, broker.ErrClosed)
+		return p
+	}
 	select {
 	case n.submitCh <- submission{cmd: cmd, p: p, at: time.Now(), forwardable: forwardable}:
 	case <-n.ctx.Done():
@@ -425,13 +460,7 @@ func (n *Node) RemoteSubscribers() map[string]int { return n.fanout.remoteSubscr
 func (n *Node) RaftAddr() string { return n.advertise.String() }
 
 // GossipAddr is the address peers join this node's gossip on.
-func (n *Node) GossipAddr() string {
-	if n.list == nil {
-		return ""
-	}
-	ln := n.list.LocalNode()
-	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
-}
+func (n *Node) GossipAddr() string { return n.gossipAddr }
 
 // Barrier waits until every entry committed before it is applied here.
 func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
@@ -453,6 +482,10 @@ func (n *Node) Close() error {
 	var errs []error
 	if n.list != nil {
 		if n.cfg.LeaveOnShutdown {
+			n.leaving.Store(true)
+			if err := n.list.UpdateNode(2 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("announce leave: %w", err))
+			}
 			if err := n.list.Leave(2 * time.Second); err != nil {
 				errs = append(errs, fmt.Errorf("leave gossip: %w", err))
 			}
@@ -462,6 +495,9 @@ func (n *Node) Close() error {
 		}
 	}
 	n.cancel()
+	// Once every Submit under way has returned, nothing more can be queued.
+	n.closeMu.Lock()
+	n.closeMu.Unlock() //nolint:staticcheck // an empty critical section is the barrier
 	n.fwd.close()
 	if n.raft != nil {
 		if err := n.raft.Shutdown().Error(); err != nil {
@@ -472,6 +508,7 @@ func (n *Node) Close() error {
 		n.transport.Close()
 	}
 	n.wg.Wait()
+	n.failQueued()
 	if n.store != nil {
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close raft store: %w", err))

@@ -46,3 +46,15 @@ func (p *pending) Wait(ctx context.Context) (broker.Result, error) {
 		return broker.Result{}, broker.ErrUnavailable
 	}
 }
+
+// committedIndex is the Raft index of the committing entry, or 0 when the
+// outcome is not (yet) known. Reading index only after done is closed keeps
+// it free of races with the goroutine that resolves it.
+func (p *pending) committedIndex() uint64 {
+	select {
+	case <-p.done:
+		return p.index
+	default:
+		return 0
+	}
+}
