@@ -59,9 +59,7 @@ type logSink struct {
 func (s *logSink) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		s.lines = append(s.lines, l)
-	}
+	s.lines = append(s.lines, strings.Split(strings.TrimRight(string(p), "\n"), "\n")...)
 	if over := len(s.lines) - s.max; over > 0 {
 		s.lines = append(s.lines[:0:0], s.lines[over:]...)
 	}

@@ -155,6 +155,7 @@ type Node struct {
 	memberMu  sync.Mutex
 	memberMap map[string]member // copied from memberlist's callbacks
 	closeMu   sync.RWMutex      // Submit holds it shared; Close exclusively
+	closing   bool              // set under closeMu by Close
 	leaving   atomic.Bool
 
 	ctx    context.Context
@@ -276,7 +277,7 @@ func (n *Node) submit(cmd broker.Command, forwardable bool) *pending {
 	p.topic = cmd.Topic
 	n.closeMu.RLock()
 	defer n.closeMu.RUnlock()
-	if n.ctx.Err() != nil {
+	if n.closing || n.ctx.Err() != nil {
 		p.resolve(broker.Result{}, broker.ErrClosed)
 		return p
 	}
@@ -497,7 +498,8 @@ func (n *Node) Close() error {
 	n.cancel()
 	// Once every Submit under way has returned, nothing more can be queued.
 	n.closeMu.Lock()
-	n.closeMu.Unlock() //nolint:staticcheck // an empty critical section is the barrier
+	n.closing = true
+	n.closeMu.Unlock()
 	n.fwd.close()
 	if n.raft != nil {
 		if err := n.raft.Shutdown().Error(); err != nil {

@@ -297,17 +297,6 @@ func (c *wsClient) tryRecv(timeout time.Duration) (frame, error) {
 	return f, nil
 }
 
-// expectNothing fails if a frame arrives within d. Prefer a barrier (a later
-// frame that must come first) where one exists.
-func (c *wsClient) expectNothing(d time.Duration) {
-	c.t.Helper()
-	_ = c.ws.SetReadDeadline(time.Now().Add(d))
-	_, data, err := c.ws.ReadMessage()
-	if err == nil {
-		c.t.Fatalf("unexpected frame %s", data)
-	}
-}
-
 // expect reads one frame and fails unless it has type typ.
 func (c *wsClient) expect(typ string) frame {
 	c.t.Helper()
