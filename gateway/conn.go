@@ -125,9 +125,16 @@ func (g *Gateway) serveWS(w http.ResponseWriter, r *http.Request) {
 	c.heartbeat = time.AfterFunc(time.Hour, c.onHeartbeat)
 	c.heartbeat.Reset(g.cfg.HeartbeatInterval)
 	c.log.Info("websocket opened")
-	c.readLoop()
-	c.teardown()
-	g.untrack(c)
+	// The reader runs on a goroutine of its own and the handler returns, so
+	// net/http's response buffer and the handler's grown stack are released:
+	// an idle connection then holds only the reader's small stack and its
+	// read buffer. The gateway owns the goroutine through g.conns; Shutdown
+	// waits for it.
+	go func() {
+		c.readLoop()
+		c.teardown()
+		g.untrack(c)
+	}()
 }
 
 func (c *conn) touch() { c.lastRead.Store(int64(time.Since(c.opened))) }
@@ -362,15 +369,14 @@ func (c *conn) startWriterLocked() {
 // enqueue or Wake starts it again. Each round takes every pending reply and
 // every ready subscription's queue and writes them in one socket write.
 func (c *conn) writeLoop() {
-	bufp := writeBufPool.Get().(*[]byte)
-	buf := (*bufp)[:0]
-	var events []*broker.Event
+	scratch := writeScratchPool.Get().(*writeScratch)
+	buf, events := scratch.buf[:0], scratch.events[:0]
 	var control []outFrame
 	var ready []*broker.Subscription
 	defer func() {
 		if cap(buf) <= maxPooledBuf {
-			*bufp = buf[:0]
-			writeBufPool.Put(bufp)
+			scratch.buf, scratch.events = buf[:0], events[:0]
+			writeScratchPool.Put(scratch)
 		}
 	}()
 	for {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+
+	"github.com/mr-enclave/enclave/broker"
 )
 
 // WebSocket opcodes (RFC 6455 section 5.2).
@@ -45,11 +47,16 @@ const (
 	maxPooledBuf = 1 << 20  // larger buffers are left to the GC
 )
 
-// writeBufPool holds batch buffers, so only connections that are writing
-// hold one.
-var writeBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, writeBufSize)
-	return &b
+// writeScratch is what a writer needs while it runs: the batch buffer and
+// room for drained events. Pooled, so only connections that are writing hold
+// one.
+type writeScratch struct {
+	buf    []byte
+	events []*broker.Event
+}
+
+var writeScratchPool = sync.Pool{New: func() any {
+	return &writeScratch{buf: make([]byte, 0, writeBufSize), events: make([]*broker.Event, 0, 128)}
 }}
 
 // lockedConn serialises writes to the socket: the connection's writer and

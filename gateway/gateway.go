@@ -91,6 +91,9 @@ func New(b *broker.Broker, cfg Config) *Gateway {
 	g.idle = sync.NewCond(&g.mu)
 	g.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
+		// Frames larger than this are read in several steps; 2 KiB holds
+		// typical requests whole and keeps idle connections small.
+		ReadBufferSize: 2048,
 		// A write buffer pool means gorilla holds no per-connection write
 		// buffer; our writer batches frames itself.
 		WriteBufferPool: &sync.Pool{},
