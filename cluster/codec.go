@@ -60,8 +60,8 @@ func (d *decoder) byte() byte {
 	return b
 }
 
-// bytes returns a copy, so decoded values never alias a reused buffer.
-func (d *decoder) bytes() []byte {
+// raw returns the next length-prefixed field, aliasing the input.
+func (d *decoder) raw() []byte {
 	n := d.uvarint()
 	if d.err != nil {
 		return nil
@@ -70,25 +70,21 @@ func (d *decoder) bytes() []byte {
 		d.err = errTruncated
 		return nil
 	}
-	out := make([]byte, n)
-	copy(out, d.buf[:n])
+	b := d.buf[:n]
 	d.buf = d.buf[n:]
-	return out
+	return b
 }
 
-func (d *decoder) string() string {
-	n := d.uvarint()
-	if d.err != nil {
-		return ""
+// bytes and string copy, so decoded values never alias a reused buffer.
+func (d *decoder) bytes() []byte {
+	b := d.raw()
+	if b == nil {
+		return nil
 	}
-	if uint64(len(d.buf)) < n {
-		d.err = errTruncated
-		return ""
-	}
-	s := string(d.buf[:n])
-	d.buf = d.buf[n:]
-	return s
+	return append(make([]byte, 0, len(b)), b...)
 }
+
+func (d *decoder) string() string { return string(d.raw()) }
 
 func appendBytes(dst, b []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
