@@ -101,12 +101,17 @@ func followers(nodes []*Node) []*Node {
 // time, with the subscriber on the other follower, and reports the
 // publisher's ack latency and the subscriber's event latency.
 func BenchmarkCrossNodeLatency(b *testing.B) {
-	nodes := benchNodes(b, 3)
+	// Counts, on every node, the events that arrived as gossip copies.
+	var viaGossip atomic.Uint64
+	nodes := benchNodes(b, 3, func(cfg *Config) {
+		cfg.Hooks.GossipEvent = func(string, uint64) bool { viaGossip.Add(1); return true }
+	})
 	fs := followers(nodes)
 	if len(fs) != 2 {
 		b.Fatalf("want 2 followers, have %d", len(fs))
 	}
 	pubNode, subNode := fs[0], fs[1]
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	events := &latencyHistogram{}
@@ -146,6 +151,8 @@ func BenchmarkCrossNodeLatency(b *testing.B) {
 	b.ReportMetric(ms(acks[len(acks)*99/100]), "ack-p99-ms")
 	b.ReportMetric(ms(events.quantile(0.5)), "event-p50-ms")
 	b.ReportMetric(ms(events.quantile(0.99)), "event-p99-ms")
+	// Two peers of the leader receive a copy of each event.
+	b.ReportMetric(float64(viaGossip.Load())/float64(2*b.N), "gossip-copies/event/peer")
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

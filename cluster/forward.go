@@ -73,7 +73,21 @@ func (n *Node) serveForward(c net.Conn) {
 		defer c.Close()
 		w := bufio.NewWriterSize(c, 32<<10)
 		var body []byte
+	answering:
 		for a := range answers {
+			// About to wait for a commit still under way: send what is
+			// written first, or acks sit in the buffer while requests keep
+			// the queue from ever running empty.
+			select {
+			case <-a.p.done:
+			default:
+				if w.Buffered() > 0 {
+					_ = c.SetWriteDeadline(time.Now().Add(n.cfg.CommitTimeout))
+					if err := w.Flush(); err != nil {
+						break answering
+					}
+				}
+			}
 			res, err := a.p.Wait(n.ctx)
 			if n.ctx.Err() != nil {
 				// Shutting down: drop the link; the follower answers

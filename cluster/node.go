@@ -95,7 +95,10 @@ func (c Config) withDefaults() Config {
 		c.MaxBatchBytes = 1 << 20
 	}
 	if c.MaxInflight <= 0 {
-		c.MaxInflight = 4
+		// One entry in flight: whatever arrives during a commit becomes the
+		// next entry. Measured on 3 nodes (2 cores): 33k acked/s vs 37.5k
+		// with 4 in flight, but ack p99 at 10k/s 11.8 ms vs 23.5 ms.
+		c.MaxInflight = 1
 	}
 	if c.HeartbeatTimeout <= 0 {
 		c.HeartbeatTimeout = time.Second

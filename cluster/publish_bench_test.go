@@ -16,19 +16,23 @@ import (
 )
 
 // benchNodes starts n in-process nodes on loopback and waits for a leader.
-func benchNodes(b *testing.B, n int) []*Node {
+func benchNodes(b *testing.B, n int, tweaks ...func(*Config)) []*Node {
 	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nodes := make([]*Node, 0, n)
 	var join []string
 	for i := 0; i < n; i++ {
 		br := broker.New(broker.Config{RingSize: 100, QueueSize: 4096})
-		node, err := Start(br, Config{
+		cfg := Config{
 			NodeID: "b" + strconv.Itoa(i+1), DataDir: b.TempDir(),
 			BindAddr: "127.0.0.1", AdvertiseAddr: "127.0.0.1",
 			Join: join, BootstrapExpect: n, Logger: log,
 			MaxInflight: envInt("BENCH_INFLIGHT"), MaxBatch: envInt("BENCH_BATCH"),
-		})
+		}
+		for _, tweak := range tweaks {
+			tweak(&cfg)
+		}
+		node, err := Start(br, cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -130,7 +134,76 @@ func BenchmarkAckedPublish(b *testing.B) {
 	}
 }
 
+// envInt reads a benchmark knob: BENCH_INFLIGHT and BENCH_BATCH override
+// Config.MaxInflight and MaxBatch, BENCH_RATE the rate of
+// BenchmarkAckLatencyAtRate, whose BENCH_ONLY=leader|follower publishes
+// from that one node only.
 func envInt(name string) int {
 	n, _ := strconv.Atoi(os.Getenv(name))
 	return n
+}
+
+// BenchmarkAckLatencyAtRate publishes 256-byte messages at a fixed 10,000/s
+// (half the throughput goal) spread over the three nodes, and reports the
+// ack latency measured from each message's intended send time.
+func BenchmarkAckLatencyAtRate(b *testing.B) {
+	rate := envInt("BENCH_RATE")
+	if rate == 0 {
+		rate = 10000
+	}
+	payload := []byte(`"` + fmt.Sprintf("%0254d", 0) + `"`)
+	nodes := benchNodes(b, 3)
+	if os.Getenv("BENCH_ONLY") == "leader" {
+		for _, n := range nodes {
+			if n.Leader() {
+				nodes = []*Node{n}
+			}
+		}
+	}
+	if os.Getenv("BENCH_ONLY") == "follower" {
+		nodes = followers(nodes)[:1]
+	}
+	hist := &latencyHistogram{}
+	interval := time.Second / time.Duration(rate)
+	type inflight struct {
+		intended, sent time.Time
+		p              broker.Pending
+	}
+	sendLag := &latencyHistogram{}
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for p := 0; p < len(nodes); p++ {
+		acks := make(chan inflight, 4096)
+		wg.Add(2)
+		go func(br *broker.Broker) {
+			defer wg.Done()
+			defer close(acks)
+			for i := p; i < b.N; i += len(nodes) {
+				intended := start.Add(time.Duration(i) * interval)
+				time.Sleep(time.Until(intended))
+				sendLag.add(time.Since(intended))
+				acks <- inflight{intended, time.Now(), br.Publish("bench", broker.Message{ID: "00000000-0000-0000-0000-000000000000", Payload: payload})}
+			}
+		}(nodes[p].broker)
+		go func() {
+			defer wg.Done()
+			for f := range acks {
+				res, err := f.p.Wait(context.Background())
+				if err == nil {
+					err = res.Err
+				}
+				if err != nil {
+					b.Error(err)
+				}
+				hist.add(time.Since(f.intended))
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	b.ReportMetric(ms(hist.quantile(0.5)), "p50-ms")
+	b.ReportMetric(ms(hist.quantile(0.99)), "p99-ms")
+	b.ReportMetric(ms(sendLag.quantile(0.99)), "send-lag-p99-ms")
 }
