@@ -189,7 +189,7 @@ func loadConfig(name string, args []string, getenv func(string) string, usageOut
 		values[s.flag] = fs.String(s.flag, s.def, fmt.Sprintf("%s (env %s)", s.help, s.env))
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(usageOut, "Usage: %s [serve|healthcheck] [flags]\n\nEvery flag can also be set by its environment variable; a flag wins over the variable.\n\n", name)
+		fmt.Fprintf(usageOut, "Usage: %s [serve|healthcheck] [flags]\n       %s bench --workload publish|fanout|latency|connections [flags]   (%s bench --help)\n\nEvery flag can also be set by its environment variable; a flag wins over the variable.\n\n", name, name, name)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mr-enclave/enclave/bench"
 	"github.com/mr-enclave/enclave/broker"
 	"github.com/mr-enclave/enclave/cluster"
 	"github.com/mr-enclave/enclave/gateway"
@@ -26,6 +27,9 @@ func main() {
 }
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "bench" {
+		return bench.Main(args[1:], stdout, stderr)
+	}
 	cmd := "serve"
 	if len(args) > 0 && (args[0] == "serve" || args[0] == "healthcheck") {
 		cmd, args = args[0], args[1:]
