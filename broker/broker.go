@@ -60,6 +60,10 @@ type topic struct {
 	subs      []*Subscription
 	dropped   uint64 // counted when a subscription ends; live ones add theirs
 	watchers  []deliveryWatcher
+	// retired is set, under mu, once the topic has left b.topics (deleted,
+	// or replaced by a Restore). A caller that looked the topic up before
+	// that looks it up again (lockTopic).
+	retired bool
 }
 
 // deliveryWatcher is called once the topic has delivered seq locally.
@@ -172,20 +176,38 @@ func (b *Broker) applyDelete(cmd Command) Result {
 		return Result{Err: ErrTopicNotFound, TS: cmd.TS}
 	}
 	t.mu.Lock()
+	t.retired = true
 	t.endAllLocked(EndTopicDeleted)
 	t.releaseWatchersLocked()
 	t.mu.Unlock()
 	return Result{TS: cmd.TS}
 }
 
+// lockTopic returns the live topic of that name, locked, or nil. The map is
+// read under b.mu and the topic locked after it is released, so that a
+// fan-out holds no broker-wide lock; a topic retired in between is looked
+// up again.
+func (b *Broker) lockTopic(name string) *topic {
+	for {
+		b.mu.RLock()
+		t, ok := b.topics[name]
+		b.mu.RUnlock()
+		if !ok {
+			return nil
+		}
+		t.mu.Lock()
+		if !t.retired {
+			return t
+		}
+		t.mu.Unlock()
+	}
+}
+
 func (b *Broker) applyPublish(cmd Command) Result {
-	b.mu.RLock()
-	t, ok := b.topics[cmd.Topic]
-	b.mu.RUnlock()
-	if !ok {
+	t := b.lockTopic(cmd.Topic)
+	if t == nil {
 		return Result{Err: ErrTopicNotFound, TS: cmd.TS}
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.lastSeq++
 	t.count++
@@ -205,15 +227,12 @@ func (b *Broker) applyPublish(cmd Command) Result {
 // epoch is the topic's creation the event belongs to (Result.Epoch); a copy
 // from an older creation of the same name is ignored.
 func (b *Broker) Deliver(topicName string, epoch, seq uint64, ts time.Time, msg Message) {
-	b.mu.RLock()
-	t, ok := b.topics[topicName]
-	b.mu.RUnlock()
-	if !ok || t.epoch != epoch {
+	t := b.lockTopic(topicName)
+	if t == nil {
 		return
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if seq <= t.delivered || t.ahead[seq] != nil {
+	if t.epoch != epoch || seq <= t.delivered || t.ahead[seq] != nil {
 		return
 	}
 	e := &Event{Topic: t.name, Seq: seq, TS: ts, Message: msg}
@@ -283,16 +302,13 @@ func (t *topic) releaseWatchersLocked() {
 // that topic is gone. done runs with the topic locked: it must be quick and
 // must not call the broker.
 func (b *Broker) OnDelivered(topicName string, epoch, seq uint64, done func()) {
-	b.mu.RLock()
-	t, ok := b.topics[topicName]
-	b.mu.RUnlock()
-	if !ok || t.epoch != epoch {
+	t := b.lockTopic(topicName)
+	if t == nil {
 		done()
 		return
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
-	if seq <= t.delivered {
+	if t.epoch != epoch || seq <= t.delivered {
 		done()
 		return
 	}

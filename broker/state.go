@@ -62,6 +62,7 @@ func (b *Broker) Restore(st State) {
 	b.creations = st.Creations
 	for name, prev := range old {
 		prev.mu.Lock()
+		prev.retired = true
 		next, ok := fresh[name]
 		if !ok || next.epoch != prev.epoch {
 			prev.endAllLocked(EndTopicDeleted)
@@ -84,6 +85,8 @@ func (t *topic) adoptLocked(prev *topic) {
 	t.watchers, prev.watchers = prev.watchers, nil
 	t.dropped = prev.dropped
 	t.delivered = prev.delivered
+	// prev is retired: nothing writes its history again, so t may keep
+	// the same buffer.
 	t.history = prev.history
 	if t.delivered > t.lastSeq {
 		// The restored log is behind what this node delivered: keep the
