@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mr-enclave/enclave/broker"
 )
@@ -13,12 +14,31 @@ import (
 // event of its topic exactly once, with consecutive seqs, and each
 // publisher's messages in the order it sent them; every publisher gets its
 // acks in order.
+//
+// It runs with commits answered at once (MemoryCommitter) and with commits
+// answered later, as Raft answers them, so the pipelined publish path runs
+// under the race detector too.
 func TestConcurrentPublishersAndSubscribers(t *testing.T) {
 	t.Parallel()
+	for _, delay := range []time.Duration{0, 2 * time.Millisecond} {
+		t.Run(fmt.Sprintf("commit-delay=%v", delay), func(t *testing.T) {
+			t.Parallel()
+			testConcurrentPublishersAndSubscribers(t, delay)
+		})
+	}
+}
+
+func testConcurrentPublishersAndSubscribers(t *testing.T, commitDelay time.Duration) {
 	const publishers, subscribers, perPublisher = 50, 50, 20
 	topics := []string{"t0", "t1", "t2"}
 	// Queues larger than a topic's whole traffic: nothing may be dropped.
-	s := newTestServer(t, broker.Config{QueueSize: publishers * perPublisher}, Config{})
+	bcfg := broker.Config{QueueSize: publishers * perPublisher}
+	var s *testServer
+	if commitDelay > 0 {
+		s, _ = newDelayedTestServer(t, bcfg, Config{}, commitDelay)
+	} else {
+		s = newTestServer(t, bcfg, Config{})
+	}
 	want := map[string]int{}
 	for _, tp := range topics {
 		s.createTopic(tp)

@@ -148,14 +148,6 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.touch()
-		if mt != websocket.TextMessage {
-			if _, err := io.Copy(io.Discard, r); err != nil {
-				c.noteReadError(err)
-				return
-			}
-			c.replyError("", badRequestf("binary frames are not supported: send JSON text frames"), "")
-			continue
-		}
 		bufp := readBufPool.Get().(*bytes.Buffer)
 		bufp.Reset()
 		n, err := bufp.ReadFrom(io.LimitReader(r, int64(max)+1))
@@ -164,6 +156,8 @@ func (c *conn) readLoop() {
 			if err == nil {
 				c.replyError(sniffRequestID(bufp.Bytes()), badRequestf("message too large: the limit is "+itoa(max)+" bytes"), "")
 			}
+		} else if err == nil && mt != websocket.TextMessage {
+			c.replyError(sniffRequestID(bufp.Bytes()), badRequestf("binary frames are not supported: send JSON text frames"), "")
 		} else if err == nil {
 			c.handle(bufp.Bytes())
 		}
@@ -290,6 +284,11 @@ func (c *conn) replyPublish(requestID, topic string, res broker.Result, err erro
 	if err == nil {
 		err = res.Err
 	}
+	if err != nil && errors.Is(err, context.Canceled) && c.ctx.Err() != nil {
+		// The connection is gone; nobody reads the reply.
+		c.log.Debug("publish abandoned: connection closed", "request_id", requestID)
+		return
+	}
 	if err != nil {
 		c.replyError(requestID, err, topic)
 		return
@@ -358,6 +357,16 @@ func (c *conn) closeWith(code int, reason, cause string) {
 	c.startWriterLocked()
 }
 
+// pipelineDrained runs when the last publish in flight has been answered:
+// a close frame held back for it can now be written.
+func (c *conn) pipelineDrained() {
+	c.mu.Lock()
+	if c.closeFrame != nil {
+		c.startWriterLocked()
+	}
+	c.mu.Unlock()
+}
+
 func (c *conn) startWriterLocked() {
 	if !c.writing && !c.closeSent {
 		c.writing = true
@@ -384,7 +393,11 @@ func (c *conn) writeLoop() {
 		control, c.control = c.control, control[:0]
 		ready, c.ready = c.ready, ready[:0]
 		if len(control) == 0 && len(ready) == 0 {
-			if c.closeFrame != nil && !c.closeSent {
+			// The close frame waits for the acks of publishes still being
+			// committed: a publisher told 1001 without its ack would resend
+			// a message that was committed. The pipeline restarts this
+			// writer once it has answered them (pipelineDrained).
+			if c.closeFrame != nil && !c.closeSent && c.pipe.idle() {
 				c.closeSent = true
 				frame := c.closeFrame
 				c.mu.Unlock()

@@ -32,6 +32,9 @@ var errorMapping = []struct {
 	{broker.ErrUnavailable, CodeUnavailable, http.StatusServiceUnavailable},
 	{broker.ErrClosed, CodeUnavailable, http.StatusServiceUnavailable},
 	{context.DeadlineExceeded, CodeUnavailable, http.StatusServiceUnavailable},
+	// The client went away (or the node is stopping) before the commit
+	// answered: the outcome is unknown, not an internal failure.
+	{context.Canceled, CodeUnavailable, http.StatusServiceUnavailable},
 }
 
 // classify maps err to a protocol code, HTTP status and client-facing text.

@@ -98,8 +98,20 @@ func New(b *broker.Broker, cfg Config) *Gateway {
 		// buffer; our writer batches frames itself.
 		WriteBufferPool: &sync.Pool{},
 		CheckOrigin:     g.checkOrigin,
+		Error:           upgradeError,
 	}
 	return g
+}
+
+// upgradeError answers a refused upgrade with the JSON error body every
+// other endpoint uses: an Origin outside ALLOWED_ORIGINS is UNAUTHORIZED,
+// anything else (no upgrade headers, a wrong version) BAD_REQUEST.
+func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	code := CodeBadRequest
+	if status == http.StatusForbidden {
+		code = CodeUnauthorized
+	}
+	writeError(w, status, code, reason.Error())
 }
 
 // hardReadLimit is the frame size beyond which gorilla closes the

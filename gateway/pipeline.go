@@ -15,6 +15,9 @@ type pendingPublish struct {
 // publishPipeline lets one connection have many publishes in flight while
 // acking them in the order they were sent. Its goroutine exists only while
 // publishes are waiting.
+//
+// Lock order: conn.mu, then publishPipeline.mu (the writer asks idle()
+// under conn.mu); run never holds p.mu while it replies.
 type publishPipeline struct {
 	c       *conn
 	mu      sync.Mutex
@@ -52,6 +55,7 @@ func (p *publishPipeline) run() {
 			p.queue = nil
 			p.cond.Broadcast()
 			p.mu.Unlock()
+			p.c.pipelineDrained()
 			return
 		}
 		next := p.queue[0]

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -55,7 +56,13 @@ type wireRequest struct {
 func DecodeRequest(data []byte) (Request, error) {
 	var w wireRequest
 	if !utf8.Valid(data) {
-		return Request{}, badRequestf("frame is not valid UTF-8")
+		// The request_id is echoed if it is readable and not itself the
+		// invalid part.
+		id := sniffRequestID(data)
+		if strings.ContainsRune(id, utf8.RuneError) {
+			id = ""
+		}
+		return Request{RequestID: id}, badRequestf("frame is not valid UTF-8")
 	}
 	if err := json.Unmarshal(data, &w); err != nil {
 		return Request{RequestID: sniffRequestID(data)}, badRequestf(describeJSONError(err))

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -114,5 +115,41 @@ func TestShutdownTimeout(t *testing.T) {
 	}
 	if n := s.gateway.Connections(); n != 0 {
 		t.Fatalf("%d connections after Shutdown", n)
+	}
+}
+
+// TestShutdownAnswersPublishesInFlight: publishes still being committed
+// when Shutdown starts are answered before the close frame, so a publisher
+// never sees 1001 without the ack of a message that was committed (it would
+// publish it again).
+func TestShutdownAnswersPublishesInFlight(t *testing.T) {
+	t.Parallel()
+	const publishes = 30
+	s, committer := newDelayedTestServer(t, broker.Config{}, Config{}, 200*time.Millisecond)
+	s.createTopic("orders")
+	pub := s.dial()
+	base := committer.submitted.Load()
+	for i := 0; i < publishes; i++ {
+		pub.send(publishFrame(fmt.Sprint("p", i), "orders", map[string]any{"n": i}))
+	}
+	waitFor(t, wait, "every publish to be submitted", func() bool {
+		return committer.submitted.Load()-base == publishes
+	})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		_ = s.gateway.Shutdown(ctx)
+	}()
+	frames := pub.expectClose(websocket.CloseGoingAway, wait)
+	if len(frames) != publishes {
+		t.Fatalf("%d frames before the close, want %d acks: %v", len(frames), publishes, frames)
+	}
+	for i, f := range frames {
+		if f.str("type") != "ack" || f.str("request_id") != fmt.Sprint("p", i) {
+			t.Fatalf("frame %d is %s, want the ack of p%d", i, f, i)
+		}
+	}
+	if st := s.topicStats("orders"); st.Messages != publishes {
+		t.Fatalf("%d messages committed, want %d", st.Messages, publishes)
 	}
 }

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
@@ -134,7 +136,9 @@ func TestWSErrors(t *testing.T) {
 		{"malformed JSON", websocket.TextMessage, `{"request_id":"r-1","type":"ping"`, CodeBadRequest, "r-1", "malformed JSON"},
 		{"not an object", websocket.TextMessage, `["ping"]`, CodeBadRequest, "", "JSON object"},
 		{"invalid UTF-8", websocket.TextMessage, "{\"type\":\"ping\",\"x\":\"\xff\"}", CodeBadRequest, "", "UTF-8"},
-		{"binary frame", websocket.BinaryMessage, `{"type":"ping","request_id":"bin"}`, CodeBadRequest, "", "binary"},
+		{"invalid UTF-8 after a request_id", websocket.TextMessage, "{\"type\":\"ping\",\"request_id\":\"u-1\",\"x\":\"\xff\"}", CodeBadRequest, "u-1", "UTF-8"},
+		{"binary frame", websocket.BinaryMessage, `{"type":"ping","request_id":"bin"}`, CodeBadRequest, "bin", "binary"},
+		{"binary frame, not JSON", websocket.BinaryMessage, "\x00\x01\x02", CodeBadRequest, "", "binary"},
 		{"missing type", websocket.TextMessage, `{"request_id":"r-2"}`, CodeBadRequest, "r-2", "type is required"},
 		{"unknown type", websocket.TextMessage, `{"type":"hello","request_id":"r-3"}`, CodeBadRequest, "r-3", "unknown type"},
 		{"missing topic", websocket.TextMessage, `{"type":"subscribe","client_id":"c","request_id":"r-4"}`, CodeBadRequest, "r-4", "topic is required"},
@@ -254,4 +258,50 @@ func TestWSMessageSizeLimit(t *testing.T) {
 	if st := s.topicStats("orders"); st.Messages != 2 {
 		t.Fatalf("topic has %d messages, want 2", st.Messages)
 	}
+}
+
+// TestWSUpgradeRefusals: ALLOWED_ORIGINS lets listed browser Origins (and
+// clients that send none) open /ws and refuses others with a JSON 403
+// UNAUTHORIZED; a plain GET without upgrade headers is a JSON 400.
+func TestWSUpgradeRefusals(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t, broker.Config{}, Config{AllowedOrigins: []string{"https://app.example"}})
+	for _, tc := range []struct {
+		origin string
+		status int
+		code   string
+	}{
+		{"", http.StatusSwitchingProtocols, ""},
+		{"https://app.example", http.StatusSwitchingProtocols, ""},
+		{"HTTPS://APP.EXAMPLE", http.StatusSwitchingProtocols, ""},
+		{"https://evil.example", http.StatusForbidden, CodeUnauthorized},
+	} {
+		header := http.Header{}
+		if tc.origin != "" {
+			header.Set("Origin", tc.origin)
+		}
+		ws, resp, err := websocket.DefaultDialer.Dial(s.wsURL(), header)
+		if resp == nil {
+			t.Fatalf("origin %q: no response: %v", tc.origin, err)
+		}
+		if resp.StatusCode != tc.status {
+			t.Fatalf("origin %q: status %d, want %d", tc.origin, resp.StatusCode, tc.status)
+		}
+		if ws != nil {
+			ws.Close()
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+			t.Errorf("origin %q: Content-Type %q", tc.origin, ct)
+		}
+		checkRESTError(t, body, tc.code)
+	}
+
+	status, header, body := s.do(http.MethodGet, "/ws", "")
+	if status != http.StatusBadRequest || !strings.HasPrefix(header.Get("Content-Type"), "application/json") {
+		t.Fatalf("GET /ws without upgrade: %d %q %s", status, header.Get("Content-Type"), body)
+	}
+	checkRESTError(t, body, CodeBadRequest)
 }
