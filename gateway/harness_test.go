@@ -430,7 +430,7 @@ func newLogRecorder() *logRecorder { return &logRecorder{store: &logStore{}} }
 func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
 
 func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
-	m := map[string]string{"msg": rec.Message, "time": rec.Time.Format("15:04:05.000000")}
+	m := map[string]string{"msg": rec.Message, "time": rec.Time.Format("15:04:05.000000"), "level": rec.Level.String()}
 	for _, a := range r.attrs {
 		m[a.Key] = a.Value.String()
 	}
@@ -464,6 +464,20 @@ next:
 		return true
 	}
 	return false
+}
+
+// atLeast returns the messages of the records at level or above.
+func (r *logRecorder) atLeast(level slog.Level) []string {
+	r.store.mu.Lock()
+	defer r.store.mu.Unlock()
+	var out []string
+	for _, rec := range r.store.recs {
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(rec["level"])); err == nil && l >= level {
+			out = append(out, rec["msg"])
+		}
+	}
+	return out
 }
 
 // jsonHas reports whether the JSON object body has key with value want

@@ -3,11 +3,14 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 	"github.com/mr-enclave/enclave/broker"
 )
 
@@ -17,6 +20,8 @@ const maxRESTBody = 64 << 10
 // Handler returns the HTTP handler: REST routes and /ws.
 func (g *Gateway) Handler() http.Handler {
 	r := chi.NewRouter()
+	// HEAD is answered wherever GET is (curl -I, load balancer checks).
+	r.Use(middleware.GetHead)
 	r.Get("/ws", g.serveWS)
 	r.Post("/topics", g.createTopic)
 	r.Get("/topics", g.listTopics)
@@ -27,10 +32,27 @@ func (g *Gateway) Handler() http.Handler {
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NOT_FOUND", "no route for "+r.Method+" "+r.URL.Path)
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" is not allowed on "+r.URL.Path)
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		allowed := allowedMethods(r, req.URL.Path)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", req.Method+" is not allowed on "+req.URL.Path+"; use "+strings.Join(allowed, " or "))
 	})
 	return r
+}
+
+// allowedMethods lists the methods routed for path, for a 405's Allow
+// header (RFC 9110 requires it; chi's custom 405 handler does not set it).
+func allowedMethods(routes chi.Routes, path string) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodDelete} {
+		if routes.Match(chi.NewRouteContext(), m, path) {
+			out = append(out, m)
+			if m == http.MethodGet {
+				out = append(out, http.MethodHead) // middleware.GetHead
+			}
+		}
+	}
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
@@ -77,7 +99,11 @@ func (g *Gateway) createTopic(w http.ResponseWriter, r *http.Request) {
 		Name *string `json:"name"`
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxRESTBody))
-	if err := dec.Decode(&body); err != nil {
+	err := dec.Decode(&body)
+	if err == nil && dec.More() {
+		err = errors.New("trailing data after the JSON object")
+	}
+	if err != nil {
 		g.writeBrokerError(w, r, badRequestf("body must be a JSON object like {\"name\":\"orders\"}"), "")
 		return
 	}

@@ -46,6 +46,7 @@ func TestRESTTopics(t *testing.T) {
 		{"create with malformed body", "POST", "/topics", `{"name":`, 400, "!BAD_REQUEST"},
 		{"create with array body", "POST", "/topics", `["orders"]`, 400, "!BAD_REQUEST"},
 		{"create with empty body", "POST", "/topics", ``, 400, "!BAD_REQUEST"},
+		{"create with trailing data", "POST", "/topics", `{"name":"x"} {"name":"y"}`, 400, "!BAD_REQUEST"},
 		{"list", "GET", "/topics", "", 200, `{"topics":[{"name":"a.b_c-9","subscribers":0},{"name":"` + strings.Repeat("n", 128) + `","subscribers":0},{"name":"orders","subscribers":0}]}`},
 		{"delete", "DELETE", "/topics/a.b_c-9", "", 200, `{"status":"deleted","topic":"a.b_c-9"}`},
 		{"delete again", "DELETE", "/topics/a.b_c-9", "", 404, "!TOPIC_NOT_FOUND"},
@@ -70,6 +71,20 @@ func TestRESTTopics(t *testing.T) {
 			t.Fatalf("%s: body %s, want %s", tt.name, got, tt.want)
 		}
 	}
+	for _, tt := range []struct{ method, path, allow string }{
+		{"PUT", "/topics", "GET, HEAD, POST"},
+		{"GET", "/topics/orders", "DELETE"},
+		{"POST", "/health", "GET, HEAD"},
+	} {
+		status, header, _ := s.do(tt.method, tt.path, "")
+		if status != 405 || header.Get("Allow") != tt.allow {
+			t.Errorf("%s %s: %d, Allow %q; want 405 with Allow %q", tt.method, tt.path, status, header.Get("Allow"), tt.allow)
+		}
+	}
+	if status, header, body := s.do("HEAD", "/health", ""); status != 200 || header.Get("Content-Type") != "application/json" || len(body) != 0 {
+		t.Errorf("HEAD /health: %d %q %q", status, header.Get("Content-Type"), body)
+	}
+
 	_, _, body := s.do("DELETE", "/topics/never", "")
 	if msg := checkRESTError(t, body, CodeTopicNotFound); msg != "topic 'never' does not exist" {
 		t.Errorf("404 message %q", msg)
