@@ -47,6 +47,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// After the first signal the default action is restored, so a second
+	// Ctrl-C during the graceful shutdown ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := serve(ctx, cfg, stderr); err != nil {
 		fmt.Fprintln(stderr, "enclave:", err)
 		return 1
@@ -123,7 +126,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		NodeID:            cfg.NodeID,
 		Cluster:           clusterView{node},
 	})
-	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: gw.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("enclave serving", "addr", ln.Addr().String(), "mode", mode, "raft", node.RaftAddr(), "gossip", node.GossipAddr(),
