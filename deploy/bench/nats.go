@@ -255,7 +255,10 @@ func (s *natsSystem) DialSubscriber(ctx context.Context, node int, topic string,
 	cb := func(m *nats.Msg) { h.Event(m.Data, time.Now()) }
 	var sub *nats.Subscription
 	if s.consumers {
-		js, err := nc.JetStream()
+		// A consumer is created by a JetStream API request to the stream's
+		// leader; with a thousand created at once on a busy 2-core machine
+		// some take longer than the client's default 5 s.
+		js, err := nc.JetStream(nats.MaxWait(30 * time.Second))
 		if err != nil {
 			nc.Close()
 			return nil, err
