@@ -214,9 +214,17 @@ func (d *decoder) outcome() (uint64, broker.Result, error) {
 	return index, res, codeError(errCode)
 }
 
-const snapshotVersion = 1
+// Snapshot versions. Version 1 holds the state only; version 2 puts, after
+// the version byte, the index of the last entry the state includes, which
+// Restore needs (raft does not pass it to the FSM) to release forwarded
+// commands the snapshot covers. Both are read.
+const (
+	snapshotVersionNoIndex = 1
+	snapshotVersion        = 2
+)
 
-func encodeState(st broker.State) []byte {
+// encodeState encodes st, which includes every entry up to index.
+func encodeState(index uint64, st broker.State) []byte {
 	size := 16
 	for _, t := range st.Topics {
 		size += len(t.Name) + 32
@@ -226,6 +234,7 @@ func encodeState(st broker.State) []byte {
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, snapshotVersion)
+	buf = binary.AppendUvarint(buf, index)
 	buf = binary.AppendUvarint(buf, st.Creations)
 	buf = binary.AppendUvarint(buf, uint64(len(st.Topics)))
 	for _, t := range st.Topics {
@@ -244,19 +253,24 @@ func encodeState(st broker.State) []byte {
 	return buf
 }
 
-func decodeState(data []byte) (broker.State, error) {
+// decodeState decodes a snapshot; index is 0 for a version 1 snapshot,
+// which does not say.
+func decodeState(data []byte) (index uint64, st broker.State, err error) {
 	d := decoder{buf: data}
-	if v := d.byte(); d.err == nil && v != snapshotVersion {
-		return broker.State{}, fmt.Errorf("snapshot version %d is not supported", v)
+	switch v := d.byte(); {
+	case d.err != nil:
+	case v == snapshotVersion:
+		index = d.uvarint()
+	case v != snapshotVersionNoIndex:
+		return 0, broker.State{}, fmt.Errorf("snapshot version %d is not supported", v)
 	}
-	var st broker.State
 	st.Creations = d.uvarint()
 	n := d.uvarint()
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		t := broker.TopicState{Name: d.string(), Epoch: d.uvarint(), Count: d.uvarint(), LastSeq: d.uvarint()}
 		k := d.uvarint()
 		if d.err == nil && k > uint64(len(d.buf)) {
-			return broker.State{}, errTruncated
+			return 0, broker.State{}, errTruncated
 		}
 		for j := uint64(0); j < k && d.err == nil; j++ {
 			e := &broker.Event{Topic: t.Name, Seq: d.uvarint(), TS: time.Unix(0, d.varint()).UTC()}
@@ -267,7 +281,7 @@ func decodeState(data []byte) (broker.State, error) {
 		st.Topics = append(st.Topics, t)
 	}
 	if d.err != nil {
-		return broker.State{}, fmt.Errorf("decode snapshot: %w", d.err)
+		return 0, broker.State{}, fmt.Errorf("decode snapshot: %w", d.err)
 	}
-	return st, nil
+	return index, st, nil
 }

@@ -112,9 +112,12 @@ func sampleState() broker.State {
 
 func TestStateRoundTrip(t *testing.T) {
 	for _, st := range []broker.State{{}, sampleState()} {
-		got, err := decodeState(encodeState(st))
+		index, got, err := decodeState(encodeState(1234, st))
 		if err != nil {
 			t.Fatalf("decode: %v", err)
+		}
+		if index != 1234 {
+			t.Fatalf("snapshot index %d, want 1234", index)
 		}
 		if err := stateDiff(st, got); err != nil {
 			t.Fatalf("round trip: %v", err)
@@ -123,7 +126,7 @@ func TestStateRoundTrip(t *testing.T) {
 }
 
 func TestStateTruncatedIsAnError(t *testing.T) {
-	data := encodeState(sampleState())
+	data := encodeState(99, sampleState())
 	for i := 0; i < len(data); i++ {
 		func() {
 			defer func() {
@@ -131,17 +134,35 @@ func TestStateTruncatedIsAnError(t *testing.T) {
 					t.Fatalf("decodeState of %d of %d bytes panicked: %v", i, len(data), r)
 				}
 			}()
-			if _, err := decodeState(data[:i]); err == nil {
+			if _, _, err := decodeState(data[:i]); err == nil {
 				t.Fatalf("decodeState of %d of %d bytes: no error", i, len(data))
 			}
 		}()
 	}
 }
 
+// Snapshots written before the index was recorded still restore, with no
+// index.
+func TestStateVersion1Decodes(t *testing.T) {
+	v2 := encodeState(7, sampleState())
+	// Version 1 is version 2 without the index (one byte for 7).
+	v1 := append([]byte{snapshotVersionNoIndex}, v2[2:]...)
+	index, st, err := decodeState(v1)
+	if err != nil {
+		t.Fatalf("decode version 1: %v", err)
+	}
+	if index != 0 {
+		t.Errorf("version 1 snapshot index %d, want 0", index)
+	}
+	if err := stateDiff(sampleState(), st); err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+}
+
 func TestStateUnknownVersionIsAnError(t *testing.T) {
-	data := encodeState(sampleState())
+	data := encodeState(0, sampleState())
 	data[0] = snapshotVersion + 1
-	if _, err := decodeState(data); err == nil {
+	if _, _, err := decodeState(data); err == nil {
 		t.Fatal("a snapshot of an unknown version decoded")
 	}
 }
@@ -207,18 +228,22 @@ func FuzzDecodeBatch(f *testing.F) {
 func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{snapshotVersion})
-	f.Add(encodeState(broker.State{}))
-	data := encodeState(sampleState())
+	f.Add([]byte{snapshotVersionNoIndex})
+	f.Add(encodeState(0, broker.State{}))
+	data := encodeState(42, sampleState())
 	f.Add(data)
 	f.Add(data[:len(data)/2])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		st, err := decodeState(data)
+		index, st, err := decodeState(data)
 		if err != nil {
 			return
 		}
-		again, err := decodeState(encodeState(st))
+		againIndex, again, err := decodeState(encodeState(index, st))
 		if err != nil {
 			t.Fatalf("re-encoded state does not decode: %v", err)
+		}
+		if againIndex != index {
+			t.Fatalf("index %d re-encoded as %d", index, againIndex)
 		}
 		if err := stateDiff(st, again); err != nil {
 			t.Fatal(err)

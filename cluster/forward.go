@@ -67,9 +67,16 @@ func (n *Node) serveForward(c net.Conn) {
 	stop := context.AfterFunc(n.ctx, func() { c.Close() })
 	defer stop()
 	answers := make(chan answer, forwardQueue)
-	n.wg.Add(1)
+	// The writer belongs to this call, which the mux waits for on close:
+	// it is started and waited for here, not through n.wg, which Close
+	// may already be waiting on.
+	written := make(chan struct{})
+	defer func() {
+		close(answers)
+		<-written
+	}()
 	go func() {
-		defer n.wg.Done()
+		defer close(written)
 		defer c.Close()
 		w := bufio.NewWriterSize(c, 32<<10)
 		var body []byte
@@ -106,10 +113,12 @@ func (n *Node) serveForward(c net.Conn) {
 				}
 			}
 		}
-		for range answers { // drain after a write failure
+		// After a write failure the follower gets no more answers here:
+		// stop the reader from taking requests, then drain.
+		c.Close()
+		for range answers {
 		}
 	}()
-	defer close(answers)
 	r := bufio.NewReaderSize(c, 32<<10)
 	var buf []byte
 	for {
@@ -136,102 +145,216 @@ func (n *Node) serveForward(c net.Conn) {
 	}
 }
 
-// forwarder is a follower's link to the leader.
+// forwarder is a follower's link to the leader. Only the router goroutine
+// sends; readResponses, one per link, takes the answers.
+//
+// Lock order: mu, then link.mu. Neither is held across socket I/O, so the
+// reader can always take answers off the socket while a send is blocked
+// writing: otherwise a leader that stopped reading (its forwardQueue full)
+// would wait on answers the follower could not read.
 type forwarder struct {
 	n *Node
 
+	// slots bounds the requests awaiting an answer, below the leader's
+	// forwardQueue, so the leader never stops reading this link. A slot is
+	// taken before a request is written and given back when its answer
+	// arrives or its link is dropped.
+	slots chan struct{}
+
+	mu   sync.Mutex
+	link *forwardLink
+
+	// Used by the sending goroutine only.
+	nextID uint64
+	body   []byte
+}
+
+// forwardInflight is the most requests a follower has unanswered on its
+// link: half the leader's queue, leaving room for a leader change.
+const forwardInflight = forwardQueue / 2
+
+// forwardLink is one connection to a leader.
+type forwardLink struct {
+	addr string
+	conn net.Conn
+	w    *bufio.Writer // used by the sending goroutine only
+
 	mu      sync.Mutex
-	addr    string
-	conn    net.Conn
-	w       *bufio.Writer
-	nextID  uint64
+	dead    bool
 	waiting map[uint64]*pending
-	body    []byte
 }
 
 var errForwardLinkLost = errors.New("link to the leader lost before the outcome was known")
 
-// send writes cmds to the leader at addr, dialling or redialling as needed.
+func (f *forwarder) init(n *Node) {
+	f.n = n
+	f.slots = make(chan struct{}, forwardInflight)
+}
+
+// send writes subs to the leader at addr, dialling or redialling as
+// needed. It returns an error only when nothing was sent (the router then
+// retries); otherwise every submission is answered by the link.
 func (f *forwarder) send(addr string, subs []submission) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.conn != nil && f.addr != addr {
-		f.dropLocked(f.conn, broker.ErrUnavailable)
+	l, err := f.linkTo(addr)
+	if err != nil {
+		return err
 	}
-	if f.conn == nil {
-		c, err := dialMux(addr, muxForward, forwardDialTimeout)
-		if err != nil {
-			return fmt.Errorf("dial leader %s: %w", addr, err)
+	slots := f.slots
+	for i, s := range subs {
+		select {
+		case slots <- struct{}{}:
+		default:
+			// Full: what is buffered must reach the leader for answers to
+			// come back and free slots.
+			if !f.flush(l) {
+				fail(subs[i:], broker.ErrUnavailable)
+				return nil
+			}
+			if !f.waitSlot(slots) {
+				fail(subs[i:], broker.ErrUnavailable)
+				return nil
+			}
 		}
-		f.conn, f.addr, f.w = c, addr, bufio.NewWriterSize(c, 32<<10)
-		f.waiting = make(map[uint64]*pending)
-		f.n.wg.Add(1)
-		go f.readResponses(c)
-	}
-	for _, s := range subs {
 		f.nextID++
-		f.waiting[f.nextID] = s.p
+		l.mu.Lock()
+		if l.dead {
+			l.mu.Unlock()
+			<-slots
+			fail(subs[i:], fmt.Errorf("%w: %w", broker.ErrUnavailable, errForwardLinkLost))
+			return nil
+		}
+		l.waiting[f.nextID] = s.p
+		// The answer is due within the commit timeout; readResponses
+		// moves the deadline on as answers arrive.
+		_ = l.conn.SetReadDeadline(time.Now().Add(f.n.cfg.CommitTimeout))
+		l.mu.Unlock()
 		f.body = binary.AppendUvarint(f.body[:0], f.nextID)
 		f.body = appendCommand(f.body, &s.cmd)
-		if err := writeFrame(f.w, f.body); err != nil {
-			f.dropLocked(f.conn, broker.ErrUnavailable)
-			return nil // the submissions were failed with the link
+		if err := writeFrame(l.w, f.body); err != nil {
+			f.drop(l, broker.ErrUnavailable)
+			fail(subs[i+1:], fmt.Errorf("%w: %w", broker.ErrUnavailable, errForwardLinkLost))
+			return nil
 		}
 	}
-	deadline := time.Now().Add(f.n.cfg.CommitTimeout)
-	_ = f.conn.SetWriteDeadline(deadline)
-	_ = f.conn.SetReadDeadline(deadline)
-	if err := f.w.Flush(); err != nil {
-		f.dropLocked(f.conn, broker.ErrUnavailable)
-	}
+	f.flush(l)
 	return nil
 }
 
-// dropLocked closes c and fails what was waiting on it. The outcome of those
-// commands is unknown: they may still commit.
-func (f *forwarder) dropLocked(c net.Conn, err error) {
-	if f.conn != c {
-		return
+// waitSlot waits for an answer to free a slot. The link's read deadline
+// drops a leader that stopped answering, which frees every slot it held,
+// so the wait is bounded; the timer is a backstop.
+func (f *forwarder) waitSlot(slots chan struct{}) bool {
+	t := time.NewTimer(f.n.cfg.CommitTimeout)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	case <-f.n.ctx.Done():
+		return false
 	}
-	c.Close()
-	for id, p := range f.waiting {
-		p.resolve(broker.Result{}, fmt.Errorf("%w: %w", err, errForwardLinkLost))
-		delete(f.waiting, id)
-	}
-	f.conn, f.w = nil, nil
 }
 
-func (f *forwarder) readResponses(c net.Conn) {
+// flush sends what is buffered, dropping the link when it cannot.
+func (f *forwarder) flush(l *forwardLink) bool {
+	if l.w.Buffered() == 0 {
+		return true
+	}
+	_ = l.conn.SetWriteDeadline(time.Now().Add(f.n.cfg.CommitTimeout))
+	if err := l.w.Flush(); err != nil {
+		f.drop(l, broker.ErrUnavailable)
+		return false
+	}
+	return true
+}
+
+// linkTo returns a live link to addr, replacing one to another leader.
+func (f *forwarder) linkTo(addr string) (*forwardLink, error) {
+	f.mu.Lock()
+	old := f.link
+	f.mu.Unlock()
+	if old != nil {
+		old.mu.Lock()
+		dead := old.dead
+		old.mu.Unlock()
+		if !dead && old.addr == addr {
+			return old, nil
+		}
+		f.drop(old, broker.ErrUnavailable)
+	}
+	c, err := dialMux(addr, muxForward, forwardDialTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("dial leader %s: %w", addr, err)
+	}
+	l := &forwardLink{addr: addr, conn: c, w: bufio.NewWriterSize(c, 32<<10), waiting: make(map[uint64]*pending)}
+	f.mu.Lock()
+	if f.n.ctx.Err() != nil {
+		// Close already dropped the links; do not leave this one open.
+		f.mu.Unlock()
+		c.Close()
+		return nil, broker.ErrClosed
+	}
+	f.link = l
+	f.mu.Unlock()
+	f.n.wg.Add(1)
+	go f.readResponses(l)
+	return l, nil
+}
+
+// drop closes l and fails what was waiting on it, giving back its slots.
+// The outcome of those commands is unknown: they may still commit.
+func (f *forwarder) drop(l *forwardLink, err error) {
+	f.mu.Lock()
+	if f.link == l {
+		f.link = nil
+	}
+	f.mu.Unlock()
+	l.mu.Lock()
+	if l.dead {
+		l.mu.Unlock()
+		return
+	}
+	l.dead = true
+	waiting := l.waiting
+	l.waiting = nil
+	l.mu.Unlock()
+	l.conn.Close()
+	for _, p := range waiting {
+		<-f.slots
+		p.resolve(broker.Result{}, fmt.Errorf("%w: %w", err, errForwardLinkLost))
+	}
+}
+
+func (f *forwarder) readResponses(l *forwardLink) {
 	defer f.n.wg.Done()
-	r := bufio.NewReaderSize(c, 32<<10)
+	r := bufio.NewReaderSize(l.conn, 32<<10)
 	var buf []byte
 	for {
 		frame, err := readFrame(r, buf)
 		if err != nil {
-			f.mu.Lock()
-			f.dropLocked(c, broker.ErrUnavailable)
-			f.mu.Unlock()
+			f.drop(l, broker.ErrUnavailable)
 			return
 		}
 		buf = frame
 		d := decoder{buf: frame}
 		id := d.uvarint()
 		index, res, cerr := d.outcome()
-		f.mu.Lock()
 		if d.err != nil {
-			f.dropLocked(c, broker.ErrUnavailable)
-			f.mu.Unlock()
+			f.drop(l, broker.ErrUnavailable)
 			return
 		}
-		p := f.waiting[id]
-		delete(f.waiting, id)
-		if len(f.waiting) > 0 {
-			_ = c.SetReadDeadline(time.Now().Add(f.n.cfg.CommitTimeout))
+		l.mu.Lock()
+		p, ok := l.waiting[id]
+		delete(l.waiting, id)
+		if len(l.waiting) > 0 {
+			_ = l.conn.SetReadDeadline(time.Now().Add(f.n.cfg.CommitTimeout))
 		} else {
-			_ = c.SetReadDeadline(time.Time{})
+			_ = l.conn.SetReadDeadline(time.Time{})
 		}
-		f.mu.Unlock()
-		if p != nil {
+		l.mu.Unlock()
+		if ok {
+			<-f.slots
 			f.n.resolveAfterApply(p, index, res, cerr)
 		}
 	}
@@ -239,10 +362,11 @@ func (f *forwarder) readResponses(c net.Conn) {
 
 func (f *forwarder) close() {
 	f.mu.Lock()
-	if f.conn != nil {
-		f.dropLocked(f.conn, broker.ErrClosed)
-	}
+	l := f.link
 	f.mu.Unlock()
+	if l != nil {
+		f.drop(l, broker.ErrClosed)
+	}
 }
 
 // validForwarded refuses a forwarded command this version could not apply:

@@ -18,6 +18,10 @@ type fsm struct {
 	afterApply func(index uint64)
 	// beforeApply is a test hook.
 	beforeApply func(index uint64)
+
+	// index is the last entry applied or restored. Raft calls Apply,
+	// Snapshot and Restore from one goroutine, so it needs no lock.
+	index uint64
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -28,6 +32,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if f.beforeApply != nil {
 		f.beforeApply(l.Index)
 	}
+	f.index = l.Index
 	if f.afterApply != nil {
 		defer f.afterApply(l.Index)
 	}
@@ -54,7 +59,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	return snapshot{state: f.broker.State()}, nil
+	return snapshot{index: f.index, state: f.broker.State()}, nil
 }
 
 func (f *fsm) Restore(rc io.ReadCloser) error {
@@ -63,18 +68,33 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("read snapshot: %w", err)
 	}
-	st, err := decodeState(data)
+	index, st, err := decodeState(data)
 	if err != nil {
 		return err
 	}
 	f.broker.Restore(st)
+	// Forwarded commands committed in entries the snapshot covers wait for
+	// their local apply, which will never come as an Apply call: tell the
+	// node how far the state now reaches. Raft sets its own applied index
+	// only after Restore returns, so it cannot be read here.
+	if index > 0 {
+		f.index = index
+		if f.afterApply != nil {
+			f.afterApply(index)
+		}
+	}
 	return nil
 }
 
-type snapshot struct{ state broker.State }
+// snapshot is the state as of entry index (the last command entry
+// applied; entries after it up to raft's snapshot index carry no state).
+type snapshot struct {
+	index uint64
+	state broker.State
+}
 
 func (s snapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := sink.Write(encodeState(s.state)); err != nil {
+	if _, err := sink.Write(encodeState(s.index, s.state)); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("write snapshot: %w", err)
 	}

@@ -2,9 +2,9 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -23,8 +23,14 @@ type nodeMeta struct {
 	// Leaving is announced just before a graceful leave: memberlist's
 	// callbacks do not tell a node that left from one that died.
 	Leaving bool `json:"leaving,omitempty"`
+	// Expect is the node's BootstrapExpect, so fresh nodes can refuse to
+	// bootstrap with peers configured differently. Zero (metadata from a
+	// build that did not send it) means unknown and is not a conflict.
+	Expect int `json:"expect,omitempty"`
 }
 
+// parseMeta ignores fields it does not know, so nodes of different builds
+// still read each other's metadata.
 func parseMeta(b []byte) (nodeMeta, bool) {
 	var m nodeMeta
 	if err := json.Unmarshal(b, &m); err != nil || m.RaftAddr == "" {
@@ -37,14 +43,54 @@ func parseMeta(b []byte) (nodeMeta, bool) {
 type gossipDelegate struct{ n *Node }
 
 func (d gossipDelegate) NodeMeta(limit int) []byte {
-	m := nodeMeta{RaftAddr: d.n.advertise.String(), HTTPAddr: d.n.cfg.HTTPAddr, Bootstrapped: d.n.bootstrapped(), Leaving: d.n.leaving.Load()}
+	m := nodeMeta{
+		RaftAddr:     d.n.advertise.String(),
+		HTTPAddr:     d.n.cfg.HTTPAddr,
+		Bootstrapped: d.n.bootstrapped(),
+		Leaving:      d.n.leaving.Load(),
+		Expect:       d.n.cfg.BootstrapExpect,
+	}
 	b, _ := json.Marshal(m)
 	if len(b) > limit {
 		return nil
 	}
 	return b
 }
-func (d gossipDelegate) NotifyMsg(msg []byte)                     { d.n.fanout.receive(msg) }
+
+// NotifyMsg runs on memberlist's packet handler, which also processes
+// alive, suspect and dead messages: delivering to subscribers here would
+// hold membership up behind the broker. The message is copied (memberlist
+// may reuse the buffer after the call) and handed to the node's gossip
+// inbox; when that is full the copy is dropped, as gossip is best effort
+// and the Raft apply path delivers every event anyway.
+func (d gossipDelegate) NotifyMsg(msg []byte) {
+	if len(msg) == 0 {
+		return
+	}
+	select {
+	case d.n.gossipIn <- append([]byte(nil), msg...):
+	default:
+		if dropped := d.n.gossipDropped.Add(1); dropped&(dropped-1) == 0 {
+			// Logged at powers of two so a sustained overload stays quiet.
+			d.n.log.Debug("gossip inbox full, message dropped", "dropped_total", dropped)
+		}
+	}
+}
+
+// receiveGossip delivers the messages NotifyMsg queued, until the node
+// stops.
+func (n *Node) receiveGossip() {
+	defer n.wg.Done()
+	for {
+		select {
+		case msg := <-n.gossipIn:
+			n.fanout.receive(msg)
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
 func (gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (gossipDelegate) LocalState(join bool) []byte                { return nil }
 func (gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -124,7 +170,8 @@ func (n *Node) startMembership() error {
 	// Port 0 picked a free port (Create wrote it back into mc).
 	n.cfg.GossipPort = mc.AdvertisePort
 	n.gossipAddr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.receiveGossip()
 	go n.joinLoop()
 	go n.reconcileLoop()
 	go n.fanout.countsLoop()
@@ -208,43 +255,55 @@ func (n *Node) members() []member {
 	return out
 }
 
-// maybeBootstrap bootstraps Raft once BootstrapExpect servers see each other
-// and none of them already belongs to a cluster. Every one of them
-// bootstraps with the same configuration, which Raft allows.
+// maybeBootstrap bootstraps Raft the way Consul does (server_serf.go
+// maybeBootstrap): only while no alive member already belongs to a
+// cluster, only when every alive member expects the same number of servers,
+// and only when exactly that many are alive. It then bootstraps with all of
+// them, so every fresh node computes the same configuration, which Raft
+// accepts from each. More fresh servers than expected, or a member that
+// expects another count, is a misconfiguration: no node bootstraps, rather
+// than two of them bootstrapping different clusters.
+//
+// Gossip converges in a few hundred milliseconds on a LAN, so a candidate
+// set must be seen unchanged bootstrapStable times in a row first: a node
+// joining right then is seen before anyone bootstraps without it.
 func (n *Node) maybeBootstrap() {
 	defer n.wg.Done()
 	if n.hadState {
 		return
 	}
+	const bootstrapStable = 3
+	var (
+		lastSet   string
+		seen      int
+		lastError string
+	)
 	for {
 		if n.bootstrapped() {
 			n.refreshMeta()
 			return
 		}
-		alive := n.members()
-		other := false
-		var servers []raft.Server
-		for _, m := range alive {
-			if m.state != memberlist.StateAlive {
-				continue
-			}
-			if m.meta.Bootstrapped && m.id != n.cfg.NodeID {
-				other = true
-			}
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.id), Address: raft.ServerAddress(m.meta.RaftAddr)})
-		}
+		servers, problem := n.bootstrapCandidates()
 		switch {
-		case other:
-			// An existing cluster will add us as a voter; wait for it.
-		case len(servers) >= n.cfg.BootstrapExpect:
-			if len(servers) > n.cfg.BootstrapExpect {
-				servers = servers[:n.cfg.BootstrapExpect]
+		case problem != "":
+			seen = 0
+			if problem != lastError {
+				n.log.Error("not bootstrapping the cluster: "+problem, "bootstrap_expect", n.cfg.BootstrapExpect)
+				lastError = problem
 			}
-			if !slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == raft.ServerID(n.cfg.NodeID) }) {
+		case servers == nil:
+			seen, lastError = 0, ""
+		default:
+			lastError = ""
+			set := fmt.Sprint(servers)
+			if set != lastSet {
+				lastSet, seen = set, 0
+			}
+			if seen++; seen < bootstrapStable {
 				break
 			}
 			err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-			if err != nil && err != raft.ErrCantBootstrap {
+			if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 				n.log.Error("bootstrap failed", "err", err)
 			} else {
 				n.log.Info("bootstrapped the cluster", "servers", len(servers))
@@ -256,6 +315,34 @@ func (n *Node) maybeBootstrap() {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// bootstrapCandidates is the configuration to bootstrap with now, sorted by
+// id, or nil to keep waiting. problem, when not empty, says why the alive
+// members must not bootstrap together at all.
+func (n *Node) bootstrapCandidates() (servers []raft.Server, problem string) {
+	self := false
+	for _, m := range n.members() {
+		if m.state != memberlist.StateAlive {
+			continue
+		}
+		if m.meta.Bootstrapped && m.id != n.cfg.NodeID {
+			// An existing cluster will add us as a voter; wait for it.
+			return nil, ""
+		}
+		if m.meta.Expect != 0 && m.meta.Expect != n.cfg.BootstrapExpect {
+			return nil, fmt.Sprintf("member %s expects %d servers; every server must be started with the same BOOTSTRAP_EXPECT", m.id, m.meta.Expect)
+		}
+		self = self || m.id == n.cfg.NodeID
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.id), Address: raft.ServerAddress(m.meta.RaftAddr)})
+	}
+	switch {
+	case !self || len(servers) < n.cfg.BootstrapExpect:
+		return nil, ""
+	case len(servers) > n.cfg.BootstrapExpect:
+		return nil, fmt.Sprintf("%d fresh servers are alive but %d are expected", len(servers), n.cfg.BootstrapExpect)
+	}
+	return servers, ""
 }
 
 // refreshMeta re-announces this node's metadata.

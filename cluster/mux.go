@@ -26,11 +26,17 @@ type mux struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	wg        sync.WaitGroup
+	// wg counts serve and every route goroutine (a forwarding connection
+	// is served inside its route), so close returns only when they are
+	// all done.
+	wg sync.WaitGroup
+
+	mu      sync.Mutex
+	sorting map[net.Conn]struct{} // accepted, first byte not read yet
 }
 
 func newMux(ln net.Listener, advertise net.Addr, onForward func(net.Conn)) *mux {
-	m := &mux{ln: ln, advertise: advertise, raftConns: make(chan net.Conn), onForward: onForward, closed: make(chan struct{})}
+	m := &mux{ln: ln, advertise: advertise, raftConns: make(chan net.Conn), onForward: onForward, closed: make(chan struct{}), sorting: make(map[net.Conn]struct{})}
 	m.wg.Add(1)
 	go m.serve()
 	return m
@@ -43,14 +49,30 @@ func (m *mux) serve() {
 		if err != nil {
 			return
 		}
+		m.mu.Lock()
+		select {
+		case <-m.closed:
+			m.mu.Unlock()
+			c.Close()
+			return
+		default:
+		}
+		m.sorting[c] = struct{}{}
+		m.wg.Add(1) // serve's own count is held, so this cannot race Wait
+		m.mu.Unlock()
 		go m.route(c)
 	}
 }
 
 func (m *mux) route(c net.Conn) {
+	defer m.wg.Done()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var kind [1]byte
-	if _, err := c.Read(kind[:]); err != nil {
+	_, err := c.Read(kind[:])
+	m.mu.Lock()
+	delete(m.sorting, c)
+	m.mu.Unlock()
+	if err != nil {
 		c.Close()
 		return
 	}
@@ -71,7 +93,14 @@ func (m *mux) route(c net.Conn) {
 
 func (m *mux) close() {
 	m.closeOnce.Do(func() {
+		m.mu.Lock()
 		close(m.closed)
+		// A dialer that never sends its first byte must not hold close
+		// up for the read deadline.
+		for c := range m.sorting {
+			c.Close()
+		}
+		m.mu.Unlock()
 		m.ln.Close()
 	})
 	m.wg.Wait()

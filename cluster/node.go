@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/mr-enclave/enclave/broker"
+	"go.etcd.io/bbolt"
 )
 
 // Config configures one node.
@@ -58,10 +59,25 @@ type Config struct {
 	// Hooks are for tests.
 	Hooks TestHooks
 
-	// Snapshots: taken every SnapshotInterval once SnapshotThreshold entries
-	// have accumulated, keeping TrailingLogs entries for slow followers.
-	// Snapshots hold only topics and rings, so they are small: the defaults
-	// (2048 entries, 30s, 1024 kept) keep the data directory short.
+	// Snapshots: Raft checks every SnapshotInterval (randomised to 1-2x)
+	// whether SnapshotThreshold entries have accumulated since the last
+	// snapshot; if so it snapshots and truncates the log to the newest
+	// TrailingLogs entries. Under endless publishing the log therefore
+	// holds at most about TrailingLogs entries plus what is committed in
+	// 2 x SnapshotInterval (or SnapshotThreshold entries, whichever is
+	// more), and raft.db, which reuses freed pages but never shrinks,
+	// levels off at that high-water mark; two snapshots are kept beside it.
+	//
+	// The defaults (5s, 4096 entries, 256 kept) trade a snapshot every
+	// 5-10 s under load (it encodes every topic's ring, RING_SIZE events
+	// each: cheap for the usual few MiB of rings, and taken off the apply
+	// path by raft) for a log of at most ~10 s of writes: at the ~8 MiB/s
+	// a 3-node cluster commits at full speed, under 100 MiB. An entry is a
+	// batch of up to MaxBatch publishes, so 256 entries still cover a
+	// follower that falls a few seconds behind; one further behind is sent
+	// a snapshot, which is small because it holds only topics and rings.
+	// The cost of a lower SnapshotInterval is CPU for more frequent ring
+	// encoding; of fewer TrailingLogs, more snapshot installs.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 	TrailingLogs      uint64
@@ -107,13 +123,13 @@ func (c Config) withDefaults() Config {
 		c.ElectionTimeout = time.Second
 	}
 	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = 2048
+		c.SnapshotThreshold = 4096
 	}
 	if c.SnapshotInterval <= 0 {
-		c.SnapshotInterval = 30 * time.Second
+		c.SnapshotInterval = 5 * time.Second
 	}
 	if c.TrailingLogs == 0 {
-		c.TrailingLogs = 1024
+		c.TrailingLogs = 256
 	}
 	if c.FanoutPacketBytes <= 0 {
 		c.FanoutPacketBytes = 8 << 10
@@ -123,6 +139,14 @@ func (c Config) withDefaults() Config {
 	}
 	return c
 }
+
+// boltLockTimeout bounds the wait for raft.db's file lock, held by another
+// process using the same data directory.
+const boltLockTimeout = time.Second
+
+// gossipInbox bounds the gossip messages waiting for delivery: with
+// FanoutPacketBytes packets of 8 KiB, 8 MiB at most.
+const gossipInbox = 1024
 
 type submission struct {
 	cmd broker.Command
@@ -140,20 +164,24 @@ type Node struct {
 	log    *slog.Logger
 	broker *broker.Broker
 
-	raft       *raft.Raft
-	transport  *raft.NetworkTransport
-	store      *raftboltdb.BoltStore
-	mux        *mux
-	list       *memberlist.Memberlist
-	fwd        forwarder
-	fanout     fanout
-	inflight   chan struct{}
-	submitCh   chan submission
-	notifyCh   chan bool
-	memberCh   chan struct{}
-	hadState   bool
-	advertise  *net.TCPAddr
-	gossipAddr string
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	store     *raftboltdb.BoltStore
+	mux       *mux
+	list      *memberlist.Memberlist
+	fwd       forwarder
+	fanout    fanout
+	inflight  chan struct{}
+	submitCh  chan submission
+	notifyCh  chan bool
+	memberCh  chan struct{}
+	// gossipIn carries user messages from memberlist's handler to
+	// receiveGossip; gossipDropped counts those it had no room for.
+	gossipIn      chan []byte
+	gossipDropped atomic.Uint64
+	hadState      bool
+	advertise     *net.TCPAddr
+	gossipAddr    string
 
 	memberMu  sync.Mutex
 	memberMap map[string]member // copied from memberlist's callbacks
@@ -193,10 +221,11 @@ func Start(b *broker.Broker, cfg Config) (*Node, error) {
 		submitCh:  make(chan submission, 4*cfg.MaxBatch),
 		notifyCh:  make(chan bool, 16),
 		memberCh:  make(chan struct{}, 1),
+		gossipIn:  make(chan []byte, gossipInbox),
 		memberMap: make(map[string]member),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	n.fwd.n = n
+	n.fwd.init(n)
 	n.fanout.init(n)
 	if err := n.startRaft(); err != nil {
 		n.cancel()
@@ -214,34 +243,51 @@ func Start(b *broker.Broker, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) startRaft() error {
+func (n *Node) startRaft() (err error) {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(n.cfg.BindAddr, strconv.Itoa(n.cfg.RaftPort)))
-	if err != nil {
-		return fmt.Errorf("listen for raft: %w", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	ip := net.ParseIP(n.cfg.AdvertiseAddr)
 	if ip == nil {
-		ln.Close()
 		return fmt.Errorf("advertise address %q is not an IP address", n.cfg.AdvertiseAddr)
 	}
-	n.advertise = &net.TCPAddr{IP: ip, Port: port}
-	n.mux = newMux(ln, n.advertise, n.serveForward)
-	n.transport = raft.NewNetworkTransportWithLogger(raftLayer{n.mux}, 3, 10*time.Second, newHCLogger(n.log, "raft-net"))
-
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.DataDir, "raft.db")})
+	// Open the store before listening: a second process on the same
+	// DATA_DIR fails here, after the bolt lock timeout, and never shows up
+	// on the Raft port.
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(n.cfg.DataDir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: boltLockTimeout},
+	})
 	if err != nil {
-		n.transport.Close()
-		return fmt.Errorf("open raft store: %w", err)
+		return fmt.Errorf("open raft store %s (is another node using this data dir?): %w", filepath.Join(n.cfg.DataDir, "raft.db"), err)
 	}
-	n.store = store
+	defer func() {
+		if err != nil {
+			store.Close()
+		}
+	}()
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, newHCLogger(n.log, "raft-snap"))
 	if err != nil {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
+	hadState, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("inspect raft state: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(n.cfg.BindAddr, strconv.Itoa(n.cfg.RaftPort)))
+	if err != nil {
+		return fmt.Errorf("listen for raft: %w", err)
+	}
+	advertise := &net.TCPAddr{IP: ip, Port: ln.Addr().(*net.TCPAddr).Port}
+	m := newMux(ln, advertise, n.serveForward)
+	transport := raft.NewNetworkTransportWithLogger(raftLayer{m}, 3, 10*time.Second, newHCLogger(n.log, "raft-net"))
+	defer func() {
+		if err != nil {
+			transport.Close() // closes the mux and the listener
+		}
+	}()
+
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeID)
 	rc.Logger = newHCLogger(n.log, "raft")
@@ -258,15 +304,21 @@ func (n *Node) startRaft() error {
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.SnapshotInterval = n.cfg.SnapshotInterval
 
-	n.hadState, err = raft.HasExistingState(store, store, snaps)
-	if err != nil {
-		return fmt.Errorf("inspect raft state: %w", err)
+	// The FSM may run (restoring a snapshot, replaying the log) before
+	// NewRaft returns, so everything it calls back into is set first.
+	n.store, n.advertise, n.mux, n.transport, n.hadState = store, advertise, m, transport, hadState
+	f := &fsm{
+		broker:      n.broker,
+		afterApply:  n.noteApplied,
+		onApplied:   n.fanout.onApplied,
+		beforeApply: n.cfg.Hooks.BeforeApply,
 	}
-	f := &fsm{broker: n.broker, afterApply: n.noteApplied, onApplied: n.fanout.onApplied, beforeApply: n.cfg.Hooks.BeforeApply}
-	n.raft, err = raft.NewRaft(rc, f, store, store, snaps, n.transport)
+	r, err := raft.NewRaft(rc, f, store, store, snaps, transport)
 	if err != nil {
+		n.store, n.mux, n.transport = nil, nil, nil
 		return fmt.Errorf("start raft: %w", err)
 	}
+	n.raft = r
 	return nil
 }
 

@@ -168,7 +168,7 @@ func TestRestartOnNewAddressRejoins(t *testing.T) {
 	}
 	t.Logf("%s moved from raft %s to %s", moved.id, oldRaft, newRaft)
 	// The old address must first be declared dead (memberlist's suspicion
-	// timeout, ~6s here) and then DeadNodeReclaimTime (5s) pass before
+	// timeout, ~6s here) and then DeadNodeReclaimTime (2s) pass before
 	// gossip lets the name move; 25s leaves room for that and a retry.
 	waitFor(t, 25*time.Second, func() error {
 		l := c.Leader()

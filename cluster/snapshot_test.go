@@ -9,13 +9,11 @@ import (
 	"github.com/mr-enclave/enclave/broker"
 )
 
-// fewTrailingLogs makes a snapshot compact the log down to 16 entries.
-// Config has no snapshot knobs (node.go hard-codes SnapshotThreshold 2048,
-// TrailingLogs 1024, SnapshotInterval 30s), so the test reloads Raft's
-// configuration in place. A reloaded SnapshotInterval only takes effect
-// after the running 30s timer, so threshold snapshots cannot be waited for
-// here: the test takes snapshots explicitly (raft.Snapshot, what the
-// threshold triggers).
+// fewTrailingLogs makes a snapshot compact the log down to 16 entries,
+// reloading Raft's configuration in place on a running node. The test takes
+// its snapshots explicitly (raft.Snapshot, what the threshold triggers)
+// rather than waiting for SnapshotInterval, so it knows exactly where each
+// snapshot falls.
 func fewTrailingLogs(t *testing.T, tn *testNode) {
 	t.Helper()
 	rc := tn.node.raft.ReloadableConfig()
