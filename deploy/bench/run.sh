@@ -108,6 +108,10 @@ cpu_busy() {
 # takes less than BUSY_MAX (default 15) percent of the CPU; log what it was.
 wait_quiet() {
 	[[ "$MODE" == full ]] || return 0
+	# What the previous run left in the page cache (JetStream does not
+	# fsync; container teardown writes too) would otherwise be written back
+	# during this one, in front of its fsyncs.
+	sync
 	local busy waited=0
 	while :; do
 		busy=$(cpu_busy)
@@ -264,6 +268,7 @@ run_case() {
 if [[ "$MODE" == full ]]; then
 	CASES=(
 		"publish|--workload publish --publishers 4 --depth 64 --size 256 --duration 15s"
+		"publish-16x64|--workload publish --publishers 16 --depth 64 --size 256 --duration 15s"
 		"publish-rate500|--workload publish --publishers 1 --rate 500 --size 256 --duration 15s"
 		"fanout-rate100|--workload fanout --subscribers 1000 --rate 100 --size 256 --duration 15s"
 		"fanout-max|--workload fanout --subscribers 1000 --rate max --window 64 --size 256 --duration 15s"
