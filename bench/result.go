@@ -90,7 +90,8 @@ func (r *Result) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-func fmtRate(v float64) string {
+// FormatRate writes a rate the way the tables do: 123, 12.3k, 1.23M.
+func FormatRate(v float64) string {
 	switch {
 	case v >= 1e6:
 		return fmt.Sprintf("%.2fM", v/1e6)
@@ -144,7 +145,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 		name = fmt.Sprintf("%-18s", name)
 		rs := ""
 		if rate > 0 {
-			rs = fmtRate(rate)
+			rs = FormatRate(rate)
 		}
 		if s == nil {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t-\t-\t-\t-\t-\t\n", name, count, rs)

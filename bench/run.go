@@ -544,9 +544,9 @@ func (r *runner) progress(done <-chan struct{}) {
 		}
 		acked, delivered := r.acked.Load(), r.delivered()
 		line := fmt.Sprintf("%s %s %5.1fs  sent %d  acked %d (%s/s)", r.sys.Name(), r.p.Workload,
-			time.Since(r.start).Seconds(), r.sent.Load(), acked, fmtRate(float64(acked-lastAcked)))
+			time.Since(r.start).Seconds(), r.sent.Load(), acked, FormatRate(float64(acked-lastAcked)))
 		if r.p.Subscribers > 0 {
-			line += fmt.Sprintf("  delivered %d (%s/s)", delivered, fmtRate(float64(delivered-lastDelivered)))
+			line += fmt.Sprintf("  delivered %d (%s/s)", delivered, FormatRate(float64(delivered-lastDelivered)))
 		}
 		line += fmt.Sprintf("  errors %d", r.errCount())
 		if r.ackHist.Count() > 0 {

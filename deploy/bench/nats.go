@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,21 @@ func (s *natsSystem) connect(ctx context.Context, node int, failed func(string))
 	return nats.Connect(s.urls[node], opts...)
 }
 
+// admin connects to the first server for stream administration; the
+// caller closes the connection.
+func (s *natsSystem) admin(ctx context.Context) (*nats.Conn, nats.JetStreamContext, error) {
+	nc, err := s.connect(ctx, 0, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := nc.JetStream(nats.Context(ctx))
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
 // Prepare creates the JetStream stream (R = replicas, max-msgs = RING_SIZE,
 // file storage, discard old) named after the topic; core NATS needs
 // nothing.
@@ -75,16 +91,12 @@ func (s *natsSystem) Prepare(ctx context.Context, topic string) error {
 	if !s.jetstream {
 		return nil
 	}
-	nc, err := s.connect(ctx, 0, nil)
+	nc, js, err := s.admin(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := nc.JetStream(nats.Context(ctx))
-	if err != nil {
-		return err
-	}
-	_, err = js.AddStream(&nats.StreamConfig{
+	cfg := &nats.StreamConfig{
 		Name:      topic,
 		Subjects:  []string{topic},
 		Replicas:  s.replicas,
@@ -92,26 +104,35 @@ func (s *natsSystem) Prepare(ctx context.Context, topic string) error {
 		Storage:   nats.FileStorage,
 		Retention: nats.LimitsPolicy,
 		Discard:   nats.DiscardOld,
-	})
-	if err != nil && !errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
-		return fmt.Errorf("add stream: %w", err)
 	}
-	return nil
+	for {
+		_, err = js.AddStream(cfg)
+		if err == nil || errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
+			return nil
+		}
+		// A cluster that has just elected its meta leader answers JetStream
+		// requests before it knows all its peers: placement of a replicated
+		// stream fails until it does (seen in a CI smoke run).
+		if !strings.Contains(err.Error(), "no suitable peers") {
+			return fmt.Errorf("add stream: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("add stream: %w (still after %v)", err, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 func (s *natsSystem) Cleanup(ctx context.Context, topic string) error {
 	if !s.jetstream {
 		return nil
 	}
-	nc, err := s.connect(ctx, 0, nil)
+	nc, js, err := s.admin(ctx)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := nc.JetStream(nats.Context(ctx))
-	if err != nil {
-		return err
-	}
 	return js.DeleteStream(topic)
 }
 

@@ -77,17 +77,6 @@ func setupOrder(s string) int {
 	return 100
 }
 
-func f1(v float64) string {
-	switch {
-	case v >= 1e6:
-		return fmt.Sprintf("%.2fM", v/1e6)
-	case v >= 1e4:
-		return fmt.Sprintf("%.1fk", v/1e3)
-	default:
-		return fmt.Sprintf("%.0f", v)
-	}
-}
-
 func msf(v float64) string {
 	if v < 1 {
 		return fmt.Sprintf("%.3f", v)
@@ -152,7 +141,7 @@ func writeCase(w io.Writer, kase string, es []entry) {
 		for _, e := range es {
 			r := e.r
 			p50, _, p99, _ := lat(r.ConnectLatency)
-			fmt.Fprintf(w, "| %s | %d | %s | %s / %s | %s | %s |\n", e.setup, r.Connections, f1(r.ConnectRate), p50, p99, kibPerConn(r), errs(r))
+			fmt.Fprintf(w, "| %s | %d | %s | %s / %s | %s | %s |\n", e.setup, r.Connections, bench.FormatRate(r.ConnectRate), p50, p99, kibPerConn(r), errs(r))
 		}
 		return
 	}
@@ -164,11 +153,11 @@ func writeCase(w io.Writer, kase string, es []entry) {
 		e50, e90, e99, emax := lat(r.EventLatency)
 		ev, del := "–", "–"
 		if r.Params.Subscribers > 0 {
-			ev = f1(r.DeliveryRate)
+			ev = bench.FormatRate(r.DeliveryRate)
 			del = fmt.Sprintf("%d / %d", r.Delivered, r.Expected)
 		}
 		fmt.Fprintf(w, "| %s | %s | %s / %s | %s | %s / %s / %s / %s | %s | %s | %s | %.2f |\n",
-			e.setup, f1(r.AckRate), a50, a99, ev, e50, e90, e99, emax, del, errs(r), serverCPU(r), r.ClientCPU)
+			e.setup, bench.FormatRate(r.AckRate), a50, a99, ev, e50, e90, e99, emax, del, errs(r), serverCPU(r), r.ClientCPU)
 		if len(r.ByNode) > 1 {
 			for _, n := range r.ByNode {
 				n50, n90, n99, nmax := lat(n.Latency)
