@@ -53,24 +53,8 @@ func (n *crashNode) start() {
 	}
 	n.exited = make(chan error, 1)
 	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(n.cmd, n.exited)
-	client := http.Client{Timeout: 2 * time.Second}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		resp, err := client.Get(n.url("/health"))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case err := <-n.exited:
-			t.Fatalf("server exited before it was ready: %v\n%s", err, n.log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not ready after 30s: %v\n%s", err, n.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := waitHealthy(n.url(""), n.exited, 30*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, n.log.String())
 	}
 }
 

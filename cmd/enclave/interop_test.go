@@ -84,6 +84,30 @@ func interopBuild(t *testing.T, dir string) string {
 	return bin
 }
 
+// waitHealthy polls base+"/health" until it answers 200, the server exits
+// (died is then true: exited has been received from) or d passes.
+func waitHealthy(base string, exited <-chan error, d time.Duration) (died bool, err error) {
+	client := http.Client{Timeout: 2 * time.Second}
+	for deadline := time.Now().Add(d); ; {
+		resp, err := client.Get(base + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return false, nil
+			}
+		}
+		select {
+		case err := <-exited:
+			return true, fmt.Errorf("server exited before it was ready: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return false, fmt.Errorf("server not ready after %v: %v", d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // interopDieWithTest makes a child process get SIGKILL if the test process
 // dies first (say at -timeout), so no server is left running.
 func interopDieWithTest() *syscall.SysProcAttr {
@@ -183,26 +207,9 @@ func TestInteropPythonWebsockets(t *testing.T) {
 		}
 	})
 
-	// Ready when /health answers (bounded).
-	client := http.Client{Timeout: 2 * time.Second}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		resp, err := client.Get(base + "/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		select {
-		case err := <-exited:
-			stopped = true
-			t.Fatalf("server exited before it was ready: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not ready after 20s: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if died, err := waitHealthy(base, exited, 20*time.Second); err != nil {
+		stopped = died
+		t.Fatal(err)
 	}
 
 	t.Run("interactive client", func(t *testing.T) {
